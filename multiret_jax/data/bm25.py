@@ -1,0 +1,164 @@
+"""BM25 over passages with bm25s: the baseline retriever and the source of hard negatives.
+
+MT-DPR trains with one BM25 hard negative per query, TACO warms up with BM25 negatives
+before its ANCE episodes. ``BM25Retriever`` indexes a :class:`PassageTable` (title + text
+by default, as DPR does), searches in batches, maps passage rankings to page rankings
+(de-duplicated in rank order, for KILT page-level metrics) and mines hard negatives:
+top-ranked passages that are not gold (and, by default, not from a gold page).
+
+Defaults k1=0.9, b=0.4 are Anserini/Pyserini's BM25 defaults used by the KILT and DPR
+baselines; bm25s's own defaults are k1=1.5, b=0.75.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import bm25s
+import gin
+import numpy as np
+import Stemmer
+from bm25s.tokenization import Tokenizer
+
+from multiret_jax.data.passages import PassageTable
+
+
+@gin.configurable
+class BM25Retriever:
+    """bm25s index over a passage table.
+
+    Args:
+      k1, b: BM25 parameters.
+      method: bm25s scoring variant ("lucene", "robertson", "atire", "bm25l", "bm25+").
+      stemmer: Snowball language for PyStemmer, or None for no stemming.
+      stopwords: bm25s stopword list name ("en") or None.
+      with_title: index ``title + text`` (True) or the text alone.
+      n_threads: bm25s search threads (0: single-threaded; -1: all cores).
+    """
+
+    def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene",
+                 stemmer: Optional[str] = "english", stopwords: Optional[str] = "en",
+                 with_title: bool = True, n_threads: int = 0):
+        self.params = dict(k1=k1, b=b, method=method, stemmer=stemmer, stopwords=stopwords,
+                           with_title=with_title)
+        self.n_threads = n_threads
+        self.tokenizer = Tokenizer(stemmer=Stemmer.Stemmer(stemmer) if stemmer else None,
+                                   stopwords=stopwords or [])
+        self.model = bm25s.BM25(k1=k1, b=b, method=method)
+        self.table: Optional[PassageTable] = None
+        self._page_index: Optional[np.ndarray] = None
+        self._page_names: List[str] = []
+
+    # -- building
+    def index(self, table: PassageTable, show_progress: bool = True) -> "BM25Retriever":
+        """Tokenizes and indexes every passage of ``table``."""
+        if len(table) == 0:
+            raise ValueError("cannot build a BM25 index over an empty passage table")
+        self.tokenizer.reset_vocab()
+        tokens = self.tokenizer.tokenize(table.contents(self.params["with_title"]),
+                                         update_vocab=True, return_as="tuple",
+                                         show_progress=show_progress)
+        self.model.index(tokens, show_progress=show_progress)
+        self._attach(table)
+        return self
+
+    def _attach(self, table: PassageTable) -> None:
+        self.table = table
+        names, inverse = np.unique(np.asarray(table.page_ids, dtype=object).astype(str),
+                                   return_inverse=True)
+        self._page_names, self._page_index = list(names), inverse.astype(np.int64)
+
+    def save(self, directory: str) -> None:
+        """Saves the index (bm25s numpy/json files, no pickle) with the table checksum."""
+        self._check_indexed()
+        self.model.save(directory, show_progress=False)
+        self.tokenizer.save_vocab(directory)
+        self.tokenizer.save_stopwords(directory)
+        with open(os.path.join(directory, "multiret_bm25.json"), "w") as f:
+            json.dump({"params": self.params, "passage_checksum": self.table.checksum,
+                       "num_passages": len(self.table)}, f, indent=1)
+
+    @classmethod
+    def load(cls, directory: str, table: PassageTable, n_threads: int = 0) -> "BM25Retriever":
+        """Loads a saved index; refuses one built over another passage table."""
+        meta_path = os.path.join(directory, "multiret_bm25.json")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta["passage_checksum"] != table.checksum:
+            raise ValueError(f"{meta_path}: index was built over passage table "
+                             f"{meta['passage_checksum'][:12]}, not {table.checksum[:12]}")
+        self = cls(**meta["params"], n_threads=n_threads)
+        self.model = bm25s.BM25.load(directory, show_progress=False)
+        self.tokenizer.load_vocab(directory)
+        self.tokenizer.load_stopwords(directory)
+        self._attach(table)
+        return self
+
+    def _check_indexed(self) -> None:
+        if self.table is None:
+            raise RuntimeError("BM25Retriever: call index(table) or load() first")
+
+    # -- searching
+    def search(self, queries: Sequence[str], k: int = 100,
+               show_progress: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k passages per query.
+
+        Args:
+          queries: query strings.
+          k: passages per query (clamped to the table size).
+        Returns:
+          (rows, scores): int64 [n, k] passage rows and float32 [n, k] scores, best first.
+        """
+        self._check_indexed()
+        k = min(k, len(self.table))
+        if not queries:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        tokens = self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids",
+                                         show_progress=False)
+        rows, scores = self.model.retrieve(tokens, k=k, show_progress=show_progress,
+                                           n_threads=self.n_threads)
+        return rows.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
+
+    def page_ranking(self, rows: np.ndarray, k_pages: Optional[int] = None) -> List[List[str]]:
+        """Per query, the pages of ranked passages de-duplicated in rank order."""
+        self._check_indexed()
+        names, out = self._page_names, []
+        for prow in self._page_index[rows]:
+            _, first = np.unique(prow, return_index=True)
+            pages = prow[np.sort(first)]
+            out.append([names[p] for p in pages[:k_pages]])
+        return out
+
+    def hard_negatives(self, rows: np.ndarray, positives: Sequence[np.ndarray],
+                       num: int = 1, exclude_gold_pages: bool = True,
+                       gold_pages: Optional[Sequence[Sequence[str]]] = None) -> np.ndarray:
+        """Top-ranked non-gold passages per query (BM25 negatives of DPR/MT-DPR/TACO).
+
+        Args:
+          rows: [n, depth] ranked passage rows from ``search``.
+          positives: per query, the gold passage rows.
+          num: negatives per query.
+          exclude_gold_pages: also skip passages of the gold pages (default: a passage of
+            the gold page may still contain the evidence).
+          gold_pages: per query page ids; derived from ``positives`` when None.
+        Returns:
+          int64 [n, num], -1 where fewer than ``num`` negatives exist within ``depth``.
+        """
+        self._check_indexed()
+        out = np.full((len(rows), num), -1, np.int64)
+        page_ids = self.table.page_ids
+        for i, (ranked, pos) in enumerate(zip(rows, positives)):
+            bad = set(int(p) for p in pos)
+            pages = set(gold_pages[i]) if gold_pages is not None else {page_ids[p] for p in bad}
+            j = 0
+            for r in ranked:
+                r = int(r)
+                if r in bad or (exclude_gold_pages and page_ids[r] in pages):
+                    continue
+                out[i, j] = r
+                j += 1
+                if j == num:
+                    break
+        return out

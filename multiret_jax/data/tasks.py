@@ -1,0 +1,149 @@
+"""Task registry: the KILT tasks with their dataset prefixes, type markers and query lengths.
+
+A task is what the multi-task retriever trains on: a KILT dataset (its file stem, e.g.
+``nq`` for ``nq-train-kilt.jsonl``), the dataset prefix TACO puts in front of the query
+(``"NQ [SEP] who ..."``), the task-type marker MT-DPR's variant uses (``"QA"``), and the
+maximum query length in tokens (TACO: 32 for most, 64 FEVER, 128 AIDA, 256 WoW).
+
+Users add tasks without editing the package, from Python::
+
+    register_task(Task("msmarco", prefix="MSM", task_type="QA", max_query_len=32))
+
+or from gin (``register_task_from_gin`` is gin-configurable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterable, List, Tuple
+
+import gin
+
+# The five KILT task types (MT-DPR, Section 4.2 "task markers").
+TASK_TYPES: Tuple[str, ...] = (
+    "QA",  # question answering
+    "FC",  # fact checking
+    "SF",  # slot filling
+    "EL",  # entity linking
+    "DIAL",  # dialogue
+)
+
+TASK_TYPE_NAMES: Dict[str, str] = {
+    "QA": "question answering",
+    "FC": "fact checking",
+    "SF": "slot filling",
+    "EL": "entity linking",
+    "DIAL": "dialogue",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One retrieval task.
+
+    Attributes:
+      name: the KILT file stem (``nq``, ``triviaqa``, ``structured_zeroshot`` ...).
+      prefix: dataset prefix used in queries (``"NQ"``); see ``format_query``.
+      task_type: one of ``TASK_TYPES``.
+      max_query_len: maximum query length in tokens.
+      dev_split: split name of the dev file (TriviaQA's KILT files are ``dev_id``).
+      train_split: split name of the train file.
+      short: column header used in paper-style tables.
+    """
+
+    name: str
+    prefix: str
+    task_type: str
+    max_query_len: int = 32
+    dev_split: str = "dev"
+    train_split: str = "train"
+    short: str = ""
+
+    def __post_init__(self):
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(
+                f"task {self.name!r}: unknown task_type {self.task_type!r}; "
+                f"expected one of {TASK_TYPES}")
+        if self.max_query_len <= 0:
+            raise ValueError(f"task {self.name!r}: max_query_len must be > 0")
+        if not self.short:
+            object.__setattr__(self, "short", self.prefix)
+
+    def filename(self, split: str) -> str:
+        """KILT file name for ``split`` ('train' or 'dev'), e.g. ``nq-dev-kilt.jsonl``."""
+        split = {"train": self.train_split, "dev": self.dev_split}.get(split, split)
+        return f"{self.name}-{split}-kilt.jsonl"
+
+    def format_query(self, text: str, marker: str = "prefix", sep: str = "[SEP]") -> str:
+        """Query text as the model sees it.
+
+        Args:
+          text: the KILT ``input``.
+          marker: ``"prefix"`` (TACO: ``"NQ [SEP] text"``), ``"type"`` (MT-DPR task-type
+            marker: ``"QA [SEP] text"``) or ``"none"``.
+          sep: separator token string.
+        Returns:
+          The formatted query.
+        """
+        if marker == "none":
+            return text
+        if marker == "prefix":
+            return f"{self.prefix} {sep} {text}"
+        if marker == "type":
+            return f"{self.task_type} {sep} {text}"
+        raise ValueError(f"unknown query marker {marker!r}; use 'prefix', 'type' or 'none'")
+
+
+_REGISTRY: Dict[str, Task] = {}
+
+
+def register_task(task: Task, *, overwrite: bool = False) -> Task:
+    """Adds ``task`` to the registry; re-registering a name needs ``overwrite=True``."""
+    if task.name in _REGISTRY and not overwrite and _REGISTRY[task.name] != task:
+        raise ValueError(f"task {task.name!r} is already registered as {_REGISTRY[task.name]}")
+    _REGISTRY[task.name] = task
+    return task
+
+
+@gin.configurable
+def register_task_from_gin(name: str = gin.REQUIRED, prefix: str = gin.REQUIRED,
+                           task_type: str = gin.REQUIRED, max_query_len: int = 32,
+                           dev_split: str = "dev", train_split: str = "train") -> Task:
+    """Gin entry point for ``register_task`` (call it from a gin file)."""
+    return register_task(Task(name, prefix, task_type, max_query_len, dev_split, train_split),
+                         overwrite=True)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``; a clear error lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_REGISTRY)}. "
+                       "Add one with multiret_jax.data.tasks.register_task.") from None
+
+
+def get_tasks(names: Iterable[str]) -> List[Task]:
+    return [get_task(n) for n in names]
+
+
+def registered_tasks() -> List[Task]:
+    return list(_REGISTRY.values())
+
+
+# The 8 KILT retrieval tasks of MT-DPR / TACO (TACO Table 5 prefixes and query lengths).
+KILT_TASKS: Tuple[Task, ...] = (
+    Task("fever", "FEVER", "FC", 64, short="FEV"),
+    Task("aidayago2", "AIDA", "EL", 128, short="AY2"),
+    Task("trex", "TREX", "SF", 32, short="T-REx"),
+    Task("structured_zeroshot", "ZSRE", "SF", 32, short="zsRE"),
+    Task("nq", "NQ", "QA", 32, short="NQ"),
+    Task("hotpotqa", "HOPO", "QA", 32, short="HoPo"),
+    Task("triviaqa", "TQA", "QA", 32, dev_split="dev_id", train_split="train_id", short="TQA"),
+    Task("wow", "WOW", "DIAL", 256, short="WoW"),
+)
+
+for _t in KILT_TASKS:
+    register_task(_t)
+
+KILT_TASK_NAMES: Tuple[str, ...] = tuple(t.name for t in KILT_TASKS)

@@ -1,0 +1,41 @@
+"""multiret_jax: multi-task dense retrieval (MT-DPR, TACO) in JAX/Flax over KILT."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax[cpu]==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "gin-config==0.5.0",
+    "absl-py==2.5.1",
+    "faiss-cpu==1.15.1",
+    "bm25s==0.3.16",
+    "PyStemmer==3.1.0",
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "numpy>=2.0,<3",
+    "scipy>=1.13",
+    "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
+]
+
+EXTRAS = {
+    # torch is a test-only numerical oracle; pin the CPU wheel exactly (a plain "torch"
+    # pulls a multi-GB CUDA build).
+    "test": ["pytest>=8", "torch==2.13.0"],
+}
+
+setup(
+    name="multiret_jax",
+    version="0.1.0",
+    description="One dense retriever for many knowledge-intensive tasks: MT-DPR and TACO in JAX",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["multiret_jax", "multiret_jax.*"]),
+    package_data={"multiret_jax": ["../gin_configs/*.gin"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)
