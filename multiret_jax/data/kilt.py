@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -99,7 +100,8 @@ class ReadStats:
 
     def skip(self, err: KiltFormatError) -> None:
         self.skipped += 1
-        self.reasons[err.reason.split(":")[0]] += 1
+        # The reason's kind: the message up to its details ("(record ...)", ", got ...", ": ...").
+        self.reasons[re.split(r":|\s\(|, got", err.reason, maxsplit=1)[0].strip()] += 1
         log.warning("skipping %s", err)
 
 
@@ -110,7 +112,7 @@ def _iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any, Optional[str]]]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield line_no, None, f"invalid UTF-8 at byte {e.start} of the line"
+                yield line_no, None, f"invalid UTF-8 (at byte {e.start} of the line)"
                 continue
             if not text.strip():
                 continue
@@ -124,7 +126,7 @@ def _opt_int(prov: dict, key: str) -> Optional[int]:
     v = prov.get(key)
     if v is None:
         return None
-    if isinstance(v, bool):
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise ValueError(f"provenance {key} must be an integer, got {v!r}")
     try:
         return int(v)
@@ -208,7 +210,7 @@ def iter_records(path: PathLike, *, on_error: str = "raise", require_input: bool
                 raise ValueError(err)
             rec = parse_record(obj, f"{path}:{line_no}", require_input=require_input)
             if rec.id in seen:
-                raise ValueError(f"duplicate id {rec.id!r} (first on line {seen[rec.id]})")
+                raise ValueError(f"duplicate id ({rec.id!r}, first on line {seen[rec.id]})")
         except ValueError as e:
             kerr = KiltFormatError(path, line_no, str(e))
             if on_error == "raise":
@@ -247,9 +249,9 @@ def iter_knowledge_source(path: PathLike, *, on_error: str = "raise",
             wid = str(wid).strip()
             text = obj.get("text")
             if not isinstance(text, list) or not text or not all(isinstance(t, str) for t in text):
-                raise ValueError(f"page {wid}: 'text' must be a non-empty list of strings")
+                raise ValueError(f"'text' must be a non-empty list of strings (page {wid})")
             if wid in seen:
-                raise ValueError(f"duplicate wikipedia_id {wid!r}")
+                raise ValueError(f"duplicate wikipedia_id ({wid!r})")
         except ValueError as e:
             kerr = KiltFormatError(path, line_no, str(e))
             if on_error == "raise":

@@ -70,9 +70,11 @@ def _words(page: Page) -> Iterator[Tuple[int, int, int, str]]:
             w = m.group()
             if w in _MARKUP_TOKENS:
                 continue
-            if w.startswith("BULLET::::"):
+            start = m.start()
+            if w.startswith("BULLET::::"):  # the span starts at the word, after the marker
                 w = w[len("BULLET::::"):]
-            yield par_id, m.start(), m.end(), w
+                start += len("BULLET::::")
+            yield par_id, start, m.end(), w
 
 
 def chunk_page(page: Page, words_per_passage: int = 100, mode: str = "page") -> List[Passage]:

@@ -1,43 +1,37 @@
 """KILT retrieval metrics with the official scorer's semantics (``kilt/eval_retrieval.py``).
 
-Ids. A provenance item's id is ``"+".join(str(prov[key]).strip() for key in rank_keys)``,
-so ``rank_keys=("wikipedia_id",)`` scores pages and e.g. ``("wikipedia_id",
-"start_paragraph_id", "end_paragraph_id")`` scores passages. Ints and strings compare
-equal through ``str`` (``1`` and ``"1"``). Provenance lacking a rank key is skipped.
+Ids: a provenance item's id is ``"+".join(str(prov[key]).strip() for key in rank_keys)``
+(``("wikipedia_id",)`` scores pages, ``("wikipedia_id", "start_paragraph_id",
+"end_paragraph_id")`` passages); ``1`` and ``"1"`` are equal. Provenance lacking a rank key
+is skipped. Each gold output with ``"provenance"`` gives an id list, de-duplicated in
+order; one without gives ``None`` (R-precision 0, no evidence set). A guess record has
+exactly one output; its de-duplicated ids, in order, are the ranking.
 
-Gold. Each gold output with a ``"provenance"`` key gives an id list, de-duplicated in
-order; an output without one gives no list (``None``): it scores R-precision 0 and adds no
-evidence set. Guess. A guess record has exactly one output; its ids, de-duplicated in
-rank order, are the ranking.
+R-precision: for each gold list of length R, hits among the first R guess ids over R (0 if
+R == 0); the record's Rprec is the max over its lists (0 with none).
 
-R-precision. For each gold list of length R: hits among the first R guess ids, over R
-(0 when R == 0). A record's Rprec is the max over its gold lists (0 with none).
+Rank: each distinct gold id set (evidence set; one equal to an earlier set is not added
+again) is one point, placed where its *last* id is retrieved. Walking the guess ids, for
+each set containing the id: drop the set's earlier partial point, remove the id from the
+set, append ``True`` if the set is now empty else a new partial point; an id in no set
+appends ``False``. Over the first k points: ``precision@k = #True / k`` (k >= 1),
+``recall@k = #True / #sets`` and ``success_rate@k = [any True]`` (k >= 2 only, as
+officially). No evidence set or no guess id: these are 0. Averages are over all gold
+records; keys are ``Rprec`` then, per sorted k, ``precision@k, recall@k, success_rate@k``.
 
-Rank. Each distinct gold id set (an evidence set; a set equal to an earlier one is not
-added again) counts as one point, placed where its *last* id is retrieved. Walking the
-guess ids: for each set containing the id, drop the set's earlier partial point, remove
-the id from the set, then append ``True`` if the set is now complete, else a new partial
-point; an id in no set appends ``False``. Then, over the first k points:
-``precision@k = #True / k`` (k >= 1), ``recall@k = #True / #evidence sets`` and
-``success_rate@k = 1 if any True`` (both k >= 2: the official scorer reports no recall@1 or
-success_rate@1). With no evidence set or no guess id these are 0. Averages are over all
-gold records. Keys come in the official order: ``Rprec``, then per sorted k
-``precision@k``, ``recall@k``, ``success_rate@k``.
+Files (:func:`evaluate`): JSONL; record ids compared as ``str(id).strip()``, unique on each
+side; every gold id needs a guess; guesses are put in gold order, extras ignored with a
+warning. As in the official ``filter_answers``, guess outputs without ``"provenance"`` are
+dropped first, then exactly one must remain.
 
-Files (``evaluate``). JSONL in; ids compared as ``str(id).strip()``; gold ids unique,
-guess ids unique, every gold id needs a guess; guesses are put in gold order and extras
-are ignored with a warning. As in the official ``filter_answers``, guess outputs without
-``"provenance"`` are dropped first, then exactly one output must remain.
-
-Divergences, all on inputs the official scorer mishandles:
-* a gold provenance lacking a rank key is also left out of its evidence set (the
-  official scorer joins only the keys present there, so its evidence sets and R-precision
-  lists disagree; older versions raised ``KeyError``). An output with an empty
-  provenance list still forms an empty evidence set, counted but never completed,
-  exactly as officially;
-* a gold record without outputs scores Rprec 0 (officially ``max()`` of nothing fails);
-* duplicate ks are scored once (officially they are summed twice); ks must be >= 1;
-* errors are ``ValueError`` with the record id / file / line instead of assertions.
+Divergences, only where the official scorer misbehaves:
+* a gold provenance lacking a rank key is left out of its evidence set too (officially the
+  set joins only the keys present, disagreeing with the R-precision lists; older versions
+  raised ``KeyError``). An empty provenance list still forms an empty, never-completed
+  evidence set that counts in recall's denominator, exactly as officially;
+* a gold record without outputs scores Rprec 0 (officially ``max([])`` fails);
+* duplicate ks are scored once (officially summed twice); ks must be >= 1;
+* errors are ``ValueError`` naming the record id / file / line, not assertions.
 """
 
 from __future__ import annotations
@@ -63,7 +57,7 @@ def _dedup(ids: Iterable[Any]) -> List[str]:
 def _normalize_ks(ks: Iterable[Any]) -> List[int]:
     out = sorted({int(k) for k in ks})
     if any(k < 1 for k in out):
-        raise ValueError(f"ks must be positive integers, got {list(ks)}")
+        raise ValueError(f"ks must be positive integers, got {out}")
     return out
 
 
@@ -109,22 +103,10 @@ def r_precision(guess_ids: Sequence[Any], gold_id_lists: Sequence[Optional[Seque
     return best
 
 
-class _Partial:
-    """Rank point for a partly retrieved evidence set (never ``True``, never equal to one)."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __repr__(self) -> str:
-        return f"evidence_set:{self.index}"
-
-
 def evidence_rank(
     guess_ids: Sequence[Any], gold_id_lists: Sequence[Optional[Sequence[Any]]]
-) -> Tuple[List[Union[bool, _Partial]], int]:
-    """The official rank (``True``/``False``/partial points) and the number of evidence sets.
+) -> Tuple[List[Union[bool, str]], int]:
+    """The rank (``True``, ``False``, ``"evidence_set:i"`` partial points) and the number of sets.
 
     ``None`` entries in ``gold_id_lists`` (outputs without provenance) form no set.
     An empty guess gives an empty rank and 0 sets, as officially.
@@ -138,8 +120,8 @@ def evidence_rank(
             e_set = set(_dedup(gold))
             if e_set not in evidence_sets:
                 evidence_sets.append(e_set)
-    markers = [_Partial(i) for i in range(len(evidence_sets))]
-    rank: List[Union[bool, _Partial]] = []
+    markers = [f"evidence_set:{i}" for i in range(len(evidence_sets))]
+    rank: List[Union[bool, str]] = []
     for gid in guess:
         found = False
         for e_set, marker in zip(evidence_sets, markers):
@@ -185,12 +167,10 @@ def _record_id(record: Record) -> str:
 
 def guess_ranking(guess_record: Record, rank_keys: RankKeys = DEFAULT_RANK_KEYS) -> List[str]:
     """The guess record's ranked ids; it must have exactly one output."""
-    outputs = guess_record.get("output")
-    if not isinstance(outputs, list) or len(outputs) != 1:
-        n = len(outputs) if isinstance(outputs, list) else 0
-        raise ValueError(
-            f"guess record {_record_id(guess_record)!r} must have exactly one output, has {n}"
-        )
+    outputs = guess_record.get("output") or []
+    if len(outputs) != 1:
+        rid = _record_id(guess_record)
+        raise ValueError(f"guess record {rid!r} must have exactly one output, has {len(outputs)}")
     return provenance_ids(outputs[0], rank_keys) or []
 
 
@@ -215,9 +195,7 @@ def compute(
     totals = {key: 0.0 for key in metric_keys(ks)}
     for gold, guess in zip(gold_records, guess_records):
         if _record_id(gold) != _record_id(guess):
-            raise ValueError(
-                f"records must be aligned: gold id {_record_id(gold)!r} vs guess id {_record_id(guess)!r}"
-            )
+            raise ValueError(f"records must be aligned: gold {_record_id(gold)!r}, guess {_record_id(guess)!r}")
         scores = record_metrics(guess_ranking(guess, rank_keys), gold_id_lists(gold, rank_keys), ks)
         for key in totals:
             totals[key] += scores[key]
@@ -243,14 +221,10 @@ def align_guesses(
     gold_records: Sequence[Record], guess_records: Sequence[Record], guess_source: str = "guess"
 ) -> List[Record]:
     """Guesses in gold order; unique ids on both sides, one guess per gold id, extras warned."""
-    gold_ids: List[str] = []
-    seen = set()
-    for gold in gold_records:
-        gid = _record_id(gold)
-        if gid in seen:
-            raise ValueError(f"gold ids must be unique, {gid!r} repeats")
-        seen.add(gid)
-        gold_ids.append(gid)
+    gold_ids = [_record_id(gold) for gold in gold_records]
+    if len(set(gold_ids)) != len(gold_ids):
+        dup = next(gid for i, gid in enumerate(gold_ids) if gid in gold_ids[:i])
+        raise ValueError(f"gold ids must be unique, {dup!r} repeats")
     by_id: Dict[str, Record] = {}
     for guess in guess_records:
         gid = _record_id(guess)
@@ -270,10 +244,8 @@ def _keep_provenance_outputs(guess: Record) -> Record:
     """Official ``filter_answers``: keep only the guess outputs that carry provenance."""
     outputs = [o for o in guess.get("output") or [] if "provenance" in o]
     if len(outputs) != 1:
-        raise ValueError(
-            f"guess record {_record_id(guess)!r} must have exactly one output with provenance, "
-            f"has {len(outputs)}"
-        )
+        rid = _record_id(guess)
+        raise ValueError(f"guess record {rid!r} must have exactly one output with provenance, has {len(outputs)}")
     return {**guess, "output": outputs}
 
 

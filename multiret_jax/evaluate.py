@@ -1,0 +1,186 @@
+r"""Retrieve for every task of a KILT-format benchmark, score it and print the papers' table.
+
+    python -m multiret_jax.evaluate                        # BM25 on the generated mini-KILT
+    python -m multiret_jax.evaluate --data_dir=/path/kilt --out_dir=runs/bm25_kilt \
+        --gin_param="BM25Retriever.k1=1.2"
+
+A benchmark directory holds ``knowledge_source.jsonl`` and KILT task files named as the
+task registry says (``nq-dev-kilt.jsonl``, ...). Without ``--data_dir`` the embedded
+mini-KILT is generated into ``<out_dir>/minikilt`` first.
+
+Writes to ``--out_dir``: KILT guess files (``guesses/<task>-<split>-guess.jsonl``: one
+output, pages de-duplicated in rank order, each with the span of its best passage),
+``results.json`` (per task, the official KILT scorer's page-level metrics, computed from
+the written files, and passage-level R-precision) and ``table.{md,csv,json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import gin
+import numpy as np
+from absl import app, flags
+from tqdm import tqdm
+
+from multiret_jax import metrics, tables
+from multiret_jax.data import kilt, minikilt
+from multiret_jax.data.bm25 import BM25Retriever
+from multiret_jax.data.passages import PassageTable
+from multiret_jax.data.provenance import passage_gold_ids
+from multiret_jax.data.tasks import Task, registered_tasks, get_task
+
+log = logging.getLogger(__name__)
+
+# name -> builder(table) returning an object with search(queries, k) -> (rows, scores).
+RETRIEVERS: Dict[str, Callable[[PassageTable], object]] = {
+    "bm25": lambda table: BM25Retriever().index(table),
+}
+
+
+def register_retriever(name: str, builder: Callable[[PassageTable], object]) -> None:
+    RETRIEVERS[name] = builder
+
+
+def benchmark_tasks(data_dir: str, split: str, names: Optional[Sequence[str]] = None) -> List[Task]:
+    """The tasks to evaluate: ``names`` (each file must exist) or every registered task
+    whose ``split`` file is in ``data_dir``."""
+    if names:
+        tasks = [get_task(n) for n in names]
+        for t in tasks:
+            path = os.path.join(data_dir, t.filename(split))
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"task {t.name!r}: no {split} file {path}")
+        return tasks
+    tasks = [t for t in registered_tasks() if os.path.exists(os.path.join(data_dir, t.filename(split)))]
+    if not tasks:
+        raise FileNotFoundError(f"no KILT task files for split {split!r} in {data_dir}; expected "
+                                f"names like {registered_tasks()[0].filename(split)}")
+    return tasks
+
+
+def page_guesses(rows: np.ndarray, scores: np.ndarray, table: PassageTable) -> List[List[dict]]:
+    """Per query, KILT provenance for the ranked pages (best passage's span for each page)."""
+    out = []
+    for ranked, sc in zip(rows, scores):
+        seen: Dict[str, dict] = {}
+        for r, s in zip(ranked, sc):
+            p = table[int(r)]
+            if p.page_id not in seen:
+                seen[p.page_id] = {"wikipedia_id": p.page_id, "title": p.title,
+                                   "start_paragraph_id": p.start_paragraph_id,
+                                   "end_paragraph_id": p.end_paragraph_id,
+                                   "passage_id": p.pid, "score": float(s)}
+        out.append(list(seen.values()))
+    return out
+
+
+def evaluate_task(task: Task, records: List[kilt.KiltRecord], gold_path: str, retriever,
+                  table: PassageTable, guess_path: str, depth: int, ks: Sequence[int]) -> dict:
+    """Retrieves for one task's records, writes its guess file and scores it."""
+    t0 = time.time()
+    rows, scores = retriever.search([r.input for r in records], k=depth, show_progress=False)
+    search_s = time.time() - t0
+    guesses = page_guesses(rows, scores, table)
+    kilt.write_jsonl(guess_path, (kilt.guess_record(r.id, g, input_text=r.input)
+                                  for r, g in zip(records, guesses)))
+    page = metrics.evaluate(gold_path, guess_path, ks=ks, rank_keys=["wikipedia_id"])
+    # Passage level: defined for records whose provenance has paragraph spans.
+    p_scores = []
+    for rec, ranked in zip(records, rows):
+        gold = passage_gold_ids(rec, table)
+        if gold:
+            p_scores.append(metrics.record_metrics([table.ids[i] for i in ranked], gold, ks)["Rprec"])
+    return {"task": task.name, "num_queries": len(records), "page": page,
+            "passage_rprec": float(np.mean(p_scores)) if p_scores else None,
+            "passage_queries": len(p_scores), "search_seconds": search_s}
+
+
+@gin.configurable
+def run_evaluation(data_dir: Optional[str] = None, out_dir: str = "runs/bm25",
+                   tasks: Optional[Sequence[str]] = None, split: str = "dev",
+                   retriever: str = "bm25", depth: int = 100, ks: Sequence[int] = (1, 5, 10, 20),
+                   chunk_mode: str = "page", words_per_passage: int = 100,
+                   minikilt_scale: float = 1.0, seed: int = 0) -> dict:
+    """Runs retrieval + KILT scoring for every task; returns the results dict.
+
+    Args:
+      data_dir: KILT-format benchmark; None generates the mini-KILT into out_dir/minikilt.
+      out_dir: where guess files, results.json and tables go.
+      tasks: task names (default: all registered tasks with a file for ``split``).
+      split: "dev" or "train".
+      retriever: a name in ``RETRIEVERS``.
+      depth: passages retrieved per query.
+      ks: cut-offs for precision/recall/success@k.
+      chunk_mode, words_per_passage: passage chunking (see ``data.passages``).
+      minikilt_scale, seed: size and seed of the generated benchmark.
+    """
+    if retriever not in RETRIEVERS:
+        raise KeyError(f"unknown retriever {retriever!r}; known: {sorted(RETRIEVERS)}")
+    os.makedirs(out_dir, exist_ok=True)
+    if data_dir is None:
+        data_dir = os.path.join(out_dir, "minikilt")
+        minikilt.generate(data_dir, scale=minikilt_scale, seed=seed)
+    task_list = benchmark_tasks(data_dir, split, tasks)
+    ks_path = os.path.join(data_dir, "knowledge_source.jsonl")
+    log.info("chunking %s into %d-word passages (%s mode)", ks_path, words_per_passage, chunk_mode)
+    pages = tqdm(kilt.iter_knowledge_source(ks_path), desc="pages", unit=" pages", mininterval=2)
+    table = PassageTable.from_pages(pages, words_per_passage, chunk_mode)
+    t0 = time.time()
+    ret = RETRIEVERS[retriever](table)
+    index_s = time.time() - t0
+    results = {"data_dir": data_dir, "retriever": retriever, "split": split,
+               "num_passages": len(table), "passage_checksum": table.checksum,
+               "index_seconds": index_s, "tasks": {}}
+    for task in tqdm(task_list, desc="tasks"):
+        gold_path = os.path.join(data_dir, task.filename(split))
+        records = kilt.read_task_file(gold_path)
+        guess_path = os.path.join(out_dir, "guesses", f"{task.name}-{split}-guess.jsonl")
+        results["tasks"][task.name] = evaluate_task(task, records, gold_path, ret, table,
+                                                    guess_path, depth, ks)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    tables.write_tables(os.path.join(out_dir, "table"), result_rows(results), list(results["tasks"]))
+    return results
+
+
+def result_rows(results: dict) -> Dict[str, Dict[str, Optional[float]]]:
+    """Table rows (percent) from a results dict: page R-prec, passage R-prec, recall@5."""
+    name, per_task = results["retriever"].upper(), results["tasks"]
+    rows = {f"{name} page R-prec": {t: 100 * r["page"]["Rprec"] for t, r in per_task.items()},
+            f"{name} passage R-prec": {t: None if r["passage_rprec"] is None else 100 * r["passage_rprec"]
+                                       for t, r in per_task.items()}}
+    if all("recall@5" in r["page"] for r in per_task.values()):
+        rows[f"{name} page recall@5"] = {t: 100 * r["page"]["recall@5"] for t, r in per_task.items()}
+    return rows
+
+
+flags.DEFINE_string("data_dir", None, "KILT-format benchmark dir (default: generated mini-KILT).")
+flags.DEFINE_string("out_dir", "runs/bm25", "Output directory.")
+flags.DEFINE_list("tasks", None, "Task names (default: all with files).")
+flags.DEFINE_string("split", "dev", "Split to evaluate.")
+flags.DEFINE_multi_string("gin_file", [], "Gin files (resolved from gin_configs/).")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    gin_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+    gin.add_config_file_search_path(gin_dir)
+    gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_param)
+    results = run_evaluation(data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir,
+                             tasks=FLAGS.tasks, split=FLAGS.split)
+    print(f"\n{results['retriever']} on {results['data_dir']} ({results['split']}, "
+          f"{results['num_passages']} passages), KILT metrics x100:\n")
+    print(tables.format_table(result_rows(results), list(results["tasks"])))
+    print(f"guess files and tables in {FLAGS.out_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

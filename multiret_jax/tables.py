@@ -1,0 +1,83 @@
+"""Paper-style result tables: one row per system/metric, one column per task, plus Avg.
+
+Column order and headers follow MT-DPR/TACO (FEV AY2 T-REx zsRE NQ HoPo TQA WoW Avg);
+tasks outside the 8 KILT ones follow in the order given, headed by their table name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from multiret_jax.data.tasks import KILT_TASK_NAMES, get_task
+
+Rows = Mapping[str, Mapping[str, Optional[float]]]  # row name -> task -> value (0..100)
+
+
+def ordered_tasks(tasks: Sequence[str]) -> List[str]:
+    """KILT tasks in the papers' column order, then any other tasks as given."""
+    known = [t for t in KILT_TASK_NAMES if t in tasks]
+    return known + [t for t in tasks if t not in known]
+
+
+def _header(task: str) -> str:
+    try:
+        return get_task(task).short
+    except KeyError:
+        return task
+
+
+def with_average(values: Mapping[str, Optional[float]]) -> Dict[str, Optional[float]]:
+    """Adds "Avg" over the tasks with a value (None when no task has one)."""
+    present = [v for v in values.values() if v is not None]
+    return {**values, "Avg": sum(present) / len(present) if present else None}
+
+
+def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: int = 2) -> str:
+    """Renders ``rows`` as aligned text, Markdown or CSV.
+
+    Args:
+      rows: row name -> {task: value in percent}; missing/None values print as "-".
+      tasks: the task columns (ordered with ``ordered_tasks``); "Avg" is appended.
+      fmt: "text", "markdown" or "csv".
+      digits: decimals.
+    Returns:
+      The table as a string.
+    """
+    tasks = ordered_tasks(tasks)
+    header = [""] + [_header(t) for t in tasks] + ["Avg"]
+    body = []
+    for name, values in rows.items():
+        vals = with_average({t: values.get(t) for t in tasks})
+        body.append([name] + ["-" if vals[c] is None else f"{vals[c]:.{digits}f}"
+                              for c in tasks + ["Avg"]])
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header] + body)
+        return buf.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines) + "\n"
+    if fmt != "text":
+        raise ValueError(f"unknown table format {fmt!r}; use text, markdown or csv")
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                     enumerate(zip(r, widths))) for r in [header] + body]
+    return "\n".join(out) + "\n"
+
+
+def write_tables(prefix: str, rows: Rows, tasks: Sequence[str]) -> List[str]:
+    """Writes ``prefix.md``, ``prefix.csv`` and ``prefix.json``; returns the paths."""
+    paths = []
+    for ext, fmt in (("md", "markdown"), ("csv", "csv")):
+        paths.append(f"{prefix}.{ext}")
+        with open(paths[-1], "w") as f:
+            f.write(format_table(rows, tasks, fmt))
+    paths.append(f"{prefix}.json")
+    with open(paths[-1], "w") as f:
+        json.dump({name: with_average({t: v.get(t) for t in ordered_tasks(tasks)})
+                   for name, v in rows.items()}, f, indent=1)
+    return paths
