@@ -125,7 +125,8 @@ SUBJECT_REFS: Dict[str, Tuple[str, ...]] = {
     "album": ("The album", "The record"), "film": ("The film", "It")}
 SECTIONS: Dict[str, Tuple[str, ...]] = {
     "country": ("History", "Politics", "Geography"), "river": ("Course", "History"),
-    "city": ("History", "Geography", "Economy"), "person": ("Early life", "Career", "Personal life"),
+    "city": ("History", "Geography", "Economy"),
+    "person": ("Early life", "Career", "Personal life"),
     "company": ("History", "Operations"), "band": ("History", "Musical style"),
     "album": ("Background", "Reception"), "film": ("Plot", "Production", "Reception")}
 
@@ -303,7 +304,7 @@ FILLER: Tuple[str, ...] = (
     "{S} is sometimes confused with {other}.",
     "Scholars have compared {name} with {other}, noting a {adj} {noun}.",
     "The {noun} of {year} marked a {adj} turning point.",
-    "Much of the surviving {noun} is held in a private {noun2} in {place}.",
+    "Much of the surviving {noun} material is held in a private collection in {place}.",
     "Later commentators placed {name} within a wider {adj} {noun}.",
     "Little is known about the {adj} {noun} before {year}.",
     "A second {noun} followed in {year}, although it attracted {adj} attention.",
@@ -334,6 +335,22 @@ KIND_FILLER: Dict[str, Tuple[str, ...]] = {
              "Reviewers found the film {adj} and compared it with {other}."),
     "company": ("The company employs about {num} people.",
                 "It opened a second office in {place} in {year}."),
+}
+
+# Sentences naming the entities that point at a page, keyed by the pointing relation.
+BACKREFS: Dict[str, str] = {
+    "person.born_in": "People born in {name} include {refs}.",
+    "person.member_of": "Members of {name} have included {refs}.",
+    "person.employer": "People who worked for {name} include {refs}.",
+    "company.headquarters": "Companies headquartered in {name} include {refs}.",
+    "company.founded_by": "{name} founded {refs}.",
+    "band.origin": "Bands formed in {name} include {refs}.",
+    "band.record_label": "Artists signed with {name} include {refs}.",
+    "album.performer": "Albums recorded by {name} include {refs}.",
+    "album.record_label": "Albums released by {name} include {refs}.",
+    "film.director": "{name} directed the films {refs}.",
+    "film.country": "Films produced in {name} include {refs}.",
+    "city.river": "Cities on the {name} include {refs}.",
 }
 
 # Entity linking (AIDA-style news): sentences around the mention ``{m}``; {hint} is a
@@ -370,8 +387,12 @@ WOW_OPENERS: Tuple[str, ...] = ("I have been reading about {name} lately.",
                                 "My friend keeps telling me about {name}.")
 WOW_CHAT: Tuple[str, ...] = ("That is interesting.", "Wow, I did not know that.",
                              "Cool, tell me more.", "I see, that makes sense.",
-                             "Oh really? I had no idea.")
+                             "Oh really? I had no idea.", "My cousin is a big fan of {other}.",
+                             "Is that anything like {other}?")
 WOW_WIZARD: Tuple[str, ...] = ("Yes! {fact}", "I do. {fact}", "Sure, {fact}", "{fact}")
+WOW_WIZARD_CHAT: Tuple[str, ...] = ("I know a little about {name}.",
+                                    "{name} is quite interesting, actually.",
+                                    "What would you like to know about {name}?")
 WOW_TAILS: Tuple[str, ...] = ("", " I find that fascinating.", " Have you looked into it?",
                               " It is quite well known.", " Pretty cool, right?")
 WOW_ASK: Tuple[str, ...] = ("Do you know {q}?", "Can you tell me {q}?", "I wonder {q}.")
@@ -406,10 +427,12 @@ def vocab(name: str) -> Tuple[str, ...]:
 def all_templates() -> List[str]:
     """Every template string (the tests check that they format)."""
     out: List[str] = []
+    out.extend(BACKREFS.values())
     for table in (LEADS, SENTS, NQ, TQA, KIND_FILLER, NEWS):
         for v in table.values():
             out.extend(v)
     out.extend(t for _, _, ts in HOPS for t in ts)
-    out.extend(FILLER + NEWS_FILLER + WOW_OPENERS + WOW_CHAT + WOW_WIZARD + WOW_ASK)
+    out.extend(FILLER + NEWS_FILLER + WOW_OPENERS + WOW_CHAT + WOW_WIZARD + WOW_WIZARD_CHAT
+               + WOW_ASK)
     out.extend(WOW_Q.values())
     return out

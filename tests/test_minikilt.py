@@ -1,0 +1,253 @@
+"""Tests of the mini-KILT generator (multiret_jax.data.minikilt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import gin
+import pytest
+
+from multiret_jax.data import minikilt
+from multiret_jax.data import minikilt_vocab as V
+from multiret_jax.data.tasks import KILT_TASKS
+
+SCALE = 0.3
+SPAN_TASKS = ("nq", "triviaqa", "trex", "structured_zeroshot", "hotpotqa")
+PROV_KEYS = {"wikipedia_id", "title", "start_paragraph_id", "start_character",
+             "end_paragraph_id", "end_character", "bleu_score", "section"}
+
+
+def _jsonl(path: str) -> List[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> minikilt.GeneratedBenchmark:
+    return minikilt.generate(str(tmp_path_factory.mktemp("mk") / "a"), scale=SCALE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pages(bench) -> Dict[str, dict]:
+    return {p["wikipedia_id"]: p for p in _jsonl(bench.knowledge_source)}
+
+
+@pytest.fixture(scope="module")
+def records(bench) -> Dict[str, Dict[str, List[dict]]]:
+    return {t: {s: _jsonl(p) for s, p in sp.items()} for t, sp in bench.task_files.items()}
+
+
+def _all_files(out_dir: str) -> Dict[str, bytes]:
+    return {n: Path(out_dir, n).read_bytes() for n in sorted(os.listdir(out_dir))}
+
+
+def test_templates_cover_every_relation():
+    for key in V.REL_TYPE:
+        kind, rel = key.split(".")
+        assert rel in V.KIND_RELS[kind] and key in V.REL_LABEL and key in V.NQ
+        assert key in V.SENTS and key in V.WOW_Q
+        fields = [minikilt._fields(t) for t in V.SENTS[key]]
+        assert all(rel in f for f in fields), key  # every fact sentence states its value
+        assert any(f & {"name", "S"} and not f & (minikilt._RANDOM_FIELDS - {"S"})
+                   for f in fields), f"{key}: no template usable as a claim"
+    for t in V.all_templates():
+        minikilt._fields(t)  # parses
+
+
+def test_all_files_and_manifest(bench):
+    names = sorted(os.listdir(bench.out_dir))
+    expected = {t.filename(s) for t in KILT_TASKS for s in ("train", "dev")}
+    assert "triviaqa-train_id-kilt.jsonl" in expected and "wow-dev-kilt.jsonl" in expected
+    assert expected | {"knowledge_source.jsonl", "minikilt_manifest.json"} == set(names)
+    assert set(bench.task_files) == {t.name for t in KILT_TASKS}
+    man = json.loads(Path(bench.out_dir, "minikilt_manifest.json").read_text())
+    assert (man["seed"], man["scale"], man["version"]) == (0, SCALE, minikilt.GENERATOR_VERSION)
+    assert man["counts"] == bench.counts
+    for task, splits in bench.task_files.items():
+        for split, path in splits.items():
+            assert sum(1 for _ in open(path)) == bench.counts["records"][task][split] > 0
+
+
+def test_deterministic_and_seeded(bench, tmp_path):
+    again = minikilt.generate(str(tmp_path / "b"), scale=SCALE, seed=0)
+    assert not again.reused
+    assert _all_files(bench.out_dir) == _all_files(again.out_dir)
+    other = minikilt.generate(str(tmp_path / "c"), scale=SCALE, seed=1)
+    a, b = _all_files(bench.out_dir), _all_files(other.out_dir)
+    assert a.keys() == b.keys()
+    assert all(a[n] != b[n] for n in a)
+
+
+def test_deterministic_across_processes(tmp_path):
+    """Same bytes from a fresh interpreter with another str-hash seed (no set-order leaks)."""
+    here = minikilt.generate(str(tmp_path / "here"), scale=0.05, seed=0)
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    subprocess.run([sys.executable, "-m", "multiret_jax.data.minikilt", "--out_dir",
+                    str(tmp_path / "there"), "--scale", "0.05", "--seed", "0"],
+                   check=True, env=env, capture_output=True,
+                   cwd=Path(minikilt.__file__).resolve().parents[2])
+    assert _all_files(here.out_dir) == _all_files(str(tmp_path / "there"))
+
+
+def test_reuse_and_force(tmp_path):
+    out = str(tmp_path / "r")
+    first = minikilt.generate(out, scale=0.05, seed=2)
+    mtime = os.path.getmtime(first.knowledge_source)
+    second = minikilt.generate(out, scale=0.05, seed=2)
+    assert second.reused and second.counts == first.counts
+    assert os.path.getmtime(first.knowledge_source) == mtime
+    with open(first.task_files["nq"]["dev"], "a") as f:  # a modified file is regenerated
+        f.write("\n")
+    assert not minikilt.generate(out, scale=0.05, seed=2).reused
+    assert not minikilt.generate(out, scale=0.05, seed=3).reused  # other seed
+    assert not minikilt.generate(out, scale=0.05, seed=3, force=True).reused
+
+
+def test_scale_is_linear(bench, tmp_path):
+    big = minikilt.generate(str(tmp_path / "big"), scale=2 * SCALE, seed=0)
+    assert 1.8 < big.counts["pages"] / bench.counts["pages"] < 2.2
+    assert 1.7 < big.counts["approx_passages_100w"] / bench.counts["approx_passages_100w"] < 2.3
+    for task, splits in bench.counts["records"].items():
+        for split, n in splits.items():
+            assert 1.7 < big.counts["records"][task][split] / n < 2.3, (task, split)
+
+
+def test_default_scale_sizes():
+    sizes = {t: minikilt.RECORDS_PER_SCALE[t] for t in minikilt.RECORDS_PER_SCALE}
+    assert set(sizes) == {t.name for t in KILT_TASKS}
+    assert min(tr for tr, _ in sizes.values()) == sizes["aidayago2"][0] >= 60
+    assert max(tr for tr, _ in sizes.values()) == sizes["trex"][0] <= 600
+    assert all(30 <= dev <= 80 for _, dev in sizes.values())
+    assert 1500 <= minikilt.PAGES_PER_SCALE <= 2500
+
+
+def test_knowledge_source(pages):
+    titles = set()
+    for wid, p in pages.items():
+        assert wid.isdigit() and p["_id"] == wid
+        assert p["text"][0] == p["wikipedia_title"] and p["wikipedia_title"] not in titles
+        titles.add(p["wikipedia_title"])
+        body = [t for t in p["text"][1:] if not t.startswith("Section::::")]
+        assert body and all(t.strip() for t in p["text"])
+        assert 60 <= sum(len(t.split()) for t in body) <= 410
+    with_sections = sum(any(t.startswith("Section::::") for t in p["text"]) for p in pages.values())
+    assert 0.05 < with_sections / len(pages) < 0.6
+
+
+def test_records_format_and_provenance(records, pages):
+    for task, splits in records.items():
+        ids = {}
+        for split, recs in splits.items():
+            ids[split] = {r["id"] for r in recs}
+            assert len(ids[split]) == len(recs), (task, split)
+            for r in recs:
+                assert isinstance(r["input"], str) and r["input"].strip()
+                assert isinstance(r["output"], list) and r["output"]
+                assert isinstance(r.get("meta", {}), dict)
+                for out in r["output"]:
+                    for p in out.get("provenance", []):
+                        page = pages[p["wikipedia_id"]]
+                        assert p["title"] == page["wikipedia_title"]
+                        if task == "aidayago2":
+                            assert set(p) == {"wikipedia_id", "title"}
+                            continue
+                        assert set(p) == PROV_KEYS
+                        pid = p["start_paragraph_id"]
+                        assert 1 <= pid == p["end_paragraph_id"] < len(page["text"])
+                        para = page["text"][pid]
+                        assert not para.startswith("Section::::")
+                        assert 0 <= p["start_character"] < p["end_character"] <= len(para)
+                        assert p["section"].startswith("Section::::")
+        assert not ids["train"] & ids["dev"], task
+
+
+def test_answers_in_provenance_spans(records, pages):
+    def span(p):
+        return pages[p["wikipedia_id"]]["text"][p["start_paragraph_id"]][
+            p["start_character"]:p["end_character"]]
+
+    for task in SPAN_TASKS:
+        for split, recs in records[task].items():
+            for r in recs:
+                with_prov = [o for o in r["output"] if "answer" in o and o.get("provenance")]
+                assert with_prov, (task, r["id"])
+                for o in with_prov:
+                    assert o["answer"] in span(o["provenance"][-1]), (task, r)
+
+
+def test_task_shapes(records):
+    fever = [o["answer"] for s in records["fever"].values() for r in s for o in r["output"]]
+    assert set(fever) == {"SUPPORTS", "REFUTES"}
+    for recs in records["hotpotqa"].values():
+        for r in recs:
+            provs = r["output"][0]["provenance"]
+            assert len(provs) == 2 and provs[0]["wikipedia_id"] != provs[1]["wikipedia_id"]
+    for task in ("trex", "structured_zeroshot"):
+        for recs in records[task].values():
+            assert all(" [SEP] " in r["input"] for r in recs)
+    zs = {s: {r["input"].split(" [SEP] ")[1] for r in recs}
+          for s, recs in records["structured_zeroshot"].items()}
+    assert not zs["train"] & zs["dev"]  # zero-shot: unseen relations at dev time
+    assert all(r["meta"]["template_questions"] for s in records["structured_zeroshot"].values()
+               for r in s)
+    for recs in records["aidayago2"].values():
+        for r in recs:
+            inp = r["input"]
+            assert inp.count("[START_ENT]") == 1 and inp.count("[END_ENT]") == 1
+            mention = inp.split("[START_ENT]")[1].split("[END_ENT]")[0].strip()
+            assert mention == r["meta"]["mention"]
+            assert r["output"][0]["answer"] == r["output"][0]["provenance"][0]["title"]
+    for recs in records["wow"].values():
+        assert all(3 <= len(r["input"].split("\n")) <= 7 for r in recs)
+    for recs in records["nq"].values():
+        assert all(r["input"] == r["input"].lower() for r in recs)
+
+
+def test_train_dev_facts_and_bleu(records):
+    for task in ("trex", "nq", "fever", "triviaqa"):
+        key = lambda r: (r["input"], r["output"][0]["answer"])
+        tr = {key(r) for r in records[task]["train"]}
+        dev = [key(r) for r in records[task]["dev"]]  # namesakes may repeat a question
+        assert sum(d in tr for d in dev) <= 1 + 0.05 * len(dev), task
+    bleu = [p["bleu_score"] for t, s in records.items() for r in s["train"] for o in r["output"]
+            for p in o.get("provenance", []) if "bleu_score" in p]
+    assert any(b < 0.5 for b in bleu) and sum(b < 0.5 for b in bleu) < 0.15 * len(bleu)
+    dev_bleu = [p["bleu_score"] for t in SPAN_TASKS for r in records[t]["dev"]
+                for p in r["output"][0]["provenance"]]
+    assert min(dev_bleu) == 1.0
+
+
+def test_cli_and_gin(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    minikilt.main(["--out_dir", out, "--scale", "0.05", "--seed", "4"])
+    printed = capsys.readouterr().out
+    assert "structured_zeroshot" in printed and "pages" in printed
+    gin.bind_parameter("multiret_jax.data.minikilt.generate.seed", 4)
+    try:
+        assert minikilt.generate(out, scale=0.05).reused  # same seed via gin: up to date
+    finally:
+        gin.clear_config()
+
+
+def test_project_readers(bench):
+    kilt = pytest.importorskip("multiret_jax.data.kilt")
+    if not hasattr(kilt, "read_task_file") or not hasattr(kilt, "iter_knowledge_source"):
+        pytest.skip("multiret_jax.data.kilt readers not available")
+    pages = list(kilt.iter_knowledge_source(bench.knowledge_source))
+    assert len(pages) == bench.counts["pages"]
+    ids = {p.wikipedia_id for p in pages}
+    for task, splits in bench.task_files.items():
+        for split, path in splits.items():
+            recs = kilt.read_task_file(path)
+            assert len(recs) == bench.counts["records"][task][split]
+            assert all(r.gold_pages() and set(r.gold_pages()) <= ids for r in recs)
+    passages = pytest.importorskip("multiret_jax.data.passages")
+    if hasattr(passages, "chunk_page"):
+        counts = [len(passages.chunk_page(p)) for p in pages]
+        assert min(counts) >= 1 and max(counts) <= 5
+        assert 1.3 < sum(counts) / len(counts) < 2.5
