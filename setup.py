@@ -33,7 +33,6 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["multiret_jax", "multiret_jax.*"]),
-    package_data={"multiret_jax": ["../gin_configs/*.gin"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -33,6 +33,7 @@ from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import passage_gold_ids
 from multiret_jax.data.tasks import Task, registered_tasks, get_task
+from multiret_jax.gin_utils import parse_gin
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    gin_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
-    gin.add_config_file_search_path(gin_dir)
-    gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_param)
+    parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     results = run_evaluation(data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir,
                              tasks=FLAGS.tasks, split=FLAGS.split)
     print(f"\n{results['retriever']} on {results['data_dir']} ({results['split']}, "

@@ -124,12 +124,9 @@ class BM25Retriever:
     def page_ranking(self, rows: np.ndarray, k_pages: Optional[int] = None) -> List[List[str]]:
         """Per query, the pages of ranked passages de-duplicated in rank order."""
         self._check_indexed()
-        names, out = self._page_names, []
-        for prow in self._page_index[rows]:
-            _, first = np.unique(prow, return_index=True)
-            pages = prow[np.sort(first)]
-            out.append([names[p] for p in pages[:k_pages]])
-        return out
+        names = self._page_names
+        return [[names[p] for p in list(dict.fromkeys(prow))[:k_pages]]
+                for prow in self._page_index[rows].tolist()]
 
     def hard_negatives(self, rows: np.ndarray, positives: Sequence[np.ndarray],
                        num: int = 1, exclude_gold_pages: bool = True,
