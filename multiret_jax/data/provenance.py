@@ -155,6 +155,3 @@ def passage_gold_ids(record: KiltRecord, table: PassageTable) -> List[List[str]]
             out.append(list(dict.fromkeys(ids)))
     return out
 
-
-def records_with_gold(records: Sequence[KiltRecord]) -> List[KiltRecord]:
-    return [r for r in records if r.provenance_sets()]
