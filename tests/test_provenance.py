@@ -23,7 +23,6 @@ from multiret_jax.data.provenance import (
     gold_passage_sets,
     passage_gold_ids,
     provenance_rows,
-    records_with_gold,
     training_examples,
 )
 
@@ -271,15 +270,13 @@ def test_training_examples_bleu_filter(page_table):
     assert examples[2].positives.tolist() == [row("55_0"), row("55_1")]
 
 
-def test_gold_passage_sets_and_records_with_gold(page_table):
+def test_gold_passage_sets(page_table):
     rec = _record("r", [_span(10, 20, 0.1), {"wikipedia_id": "404"}])
     stats = FilterStats()
     assert gold_passage_sets(rec, page_table, 0.5, stats) == []
     assert stats.unmapped_provenance == 1
     sets = gold_passage_sets(rec, page_table)
     assert [s.tolist() for s in sets] == [[page_table.row_of("55_0")]]
-    recs = [rec, _record("n", None)]
-    assert records_with_gold(recs) == [rec]
 
 
 def test_passage_gold_ids_skips_page_only_provenance(page_table):
