@@ -1,0 +1,105 @@
+"""Fast tokenizers loaded from a local directory, padded to static shapes for jit.
+
+``Tokenization.from_dir`` reads ``tokenizer.json`` (any HF fast tokenizer: BERT WordPiece,
+T5 Unigram) or, for BERT-style directories without it, ``vocab.txt``. Nothing is fetched
+from a hub. Query lengths come from the task registry (32 most tasks, 64 FEVER, 128 AIDA,
+256 WoW as in TACO); ``pad_to_multiple_of`` buckets lengths so jit compiles few shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from multiret_jax.data.tasks import Task
+
+
+class Tokenization:
+    """A ``tokenizers.Tokenizer`` with the padding/truncation the encoders need.
+
+    Args:
+      tokenizer: the fast tokenizer (its post-processor adds [CLS]/[SEP] or </s>).
+      pad_id: padding id (0 for BERT and T5).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, pad_id: int = 0):
+        self.tokenizer = tokenizer
+        self.pad_id = pad_id
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    @classmethod
+    def from_dir(cls, directory: str) -> "Tokenization":
+        """Loads ``tokenizer.json`` (or ``vocab.txt`` for BERT) from ``directory``."""
+        tj = os.path.join(directory, "tokenizer.json")
+        if os.path.isfile(tj):
+            tok = Tokenizer.from_file(tj)
+        elif os.path.isfile(os.path.join(directory, "vocab.txt")):
+            from tokenizers.implementations import BertWordPieceTokenizer
+            lower = True
+            cfg = os.path.join(directory, "tokenizer_config.json")
+            if os.path.isfile(cfg):
+                with open(cfg) as f:
+                    lower = json.load(f).get("do_lower_case", True)
+            tok = BertWordPieceTokenizer(os.path.join(directory, "vocab.txt"), lowercase=lower)._tokenizer
+        else:
+            raise FileNotFoundError(f"{directory}: no tokenizer.json or vocab.txt")
+        pad_id = 0
+        for name in ("[PAD]", "<pad>"):
+            tid = tok.token_to_id(name)
+            if tid is not None:
+                pad_id = tid
+                break
+        return cls(tok, pad_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, texts: Sequence[str], max_len: int,
+               pad_to_multiple_of: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, int32 [B, L].
+
+        Args:
+          texts: strings to encode.
+          max_len: truncation length in tokens, special tokens included (the closing
+            [SEP] / </s> is kept).
+          pad_to_multiple_of: pad to the longest sequence rounded up to this multiple
+            (capped at ``max_len``); None pads to ``max_len`` (one static shape).
+        Returns:
+          (input_ids, attention_mask).
+        """
+        self.tokenizer.enable_truncation(max_len)
+        try:
+            encs = self.tokenizer.encode_batch(list(texts))
+        finally:
+            self.tokenizer.no_truncation()
+        if pad_to_multiple_of:
+            longest = max((len(e.ids) for e in encs), default=1)
+            length = min(max_len, -(-longest // pad_to_multiple_of) * pad_to_multiple_of)
+        else:
+            length = max_len
+        ids = np.full((len(encs), length), self.pad_id, np.int32)
+        mask = np.zeros((len(encs), length), np.int32)
+        for i, e in enumerate(encs):
+            n = len(e.ids)
+            ids[i, :n] = e.ids
+            mask[i, :n] = 1
+        return ids, mask
+
+    def encode_queries(self, task: Task, texts: Sequence[str], marker: str = "prefix",
+                       pad_to_multiple_of: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Formats queries for ``task`` (prefix / type marker / none) and encodes them
+        with the task's max query length."""
+        return self.encode([task.format_query(t, marker) for t in texts], task.max_query_len,
+                           pad_to_multiple_of)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids if i != self.pad_id])
+
+    def tokens(self, text: str) -> List[str]:
+        return self.tokenizer.encode(text).tokens
