@@ -1,0 +1,138 @@
+"""Encoder registry: BERT ([CLS] or mean pooling) and T5 (ST5-EncDec or ST5-Enc), chosen
+by name (gin: ``build_biencoder.encoder = "t5"``), plus ``build_biencoder``.
+
+Each entry knows how to build the embedding module ``(input_ids, attention_mask,
+deterministic) -> [B, D]`` for a config, how to load an HF checkpoint directory into that
+module's parameters and how to export them back, and its named config presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+
+from multiret_jax.models import bert, bert_hf, t5, t5_hf
+from multiret_jax.models.biencoder import BiEncoder
+from multiret_jax.models.pooling import get_pooler
+
+
+class PooledBert(nn.Module):
+    """BERT followed by [CLS] (DPR, MT-DPR) or masked-mean pooling."""
+
+    config: bert.BertConfig
+    pooling: str = "cls"
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, deterministic: bool = True):
+        hidden = bert.BertEncoder(self.config, name="bert")(input_ids, attention_mask,
+                                                            deterministic=deterministic)
+        return get_pooler(self.pooling)(hidden, attention_mask)
+
+
+class PooledT5(nn.Module):
+    """T5 as ST5-EncDec (``pooling="encdec"``, TACO) or ST5-Enc (``"mean"``)."""
+
+    config: t5.T5Config
+    pooling: str = "encdec"
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, deterministic: bool = True):
+        return t5.ST5EncDec(self.config, name="t5")(input_ids, attention_mask, deterministic,
+                                                    pooling=self.pooling)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """How to build, load and export one encoder family.
+
+    Attributes:
+      module: (config, pooling) -> embedding module.
+      load: (directory, pooling, **config overrides) -> (config, module params).
+      export: (module params, config, directory) -> None (HF safetensors + config.json).
+      presets: config preset name -> function returning a config.
+      default_pooling: pooling used when none is given.
+    """
+
+    module: Callable[[Any, str], nn.Module]
+    load: Callable[..., Tuple[Any, Any]]
+    export: Callable[[Any, Any, str], None]
+    presets: Dict[str, Callable[..., Any]]
+    default_pooling: str
+
+
+def _load_bert(directory, pooling, **overrides):
+    del pooling
+    config, params = bert_hf.load_bert(directory, **overrides)
+    return config, {"bert": params}
+
+
+def _load_t5(directory, pooling, **overrides):
+    config, params = t5_hf.load_t5(directory, pooling=pooling, **overrides)
+    return config, {"t5": params}
+
+
+ENCODERS: Dict[str, EncoderSpec] = {
+    "bert": EncoderSpec(
+        module=lambda c, p: PooledBert(c, p), load=_load_bert,
+        export=lambda params, c, d: bert_hf.export_bert(params["bert"], c, d),
+        presets={"bert_base": bert.bert_base, "bert_tiny": bert.bert_tiny,
+                 "minilm_l6": bert.minilm_l6},
+        default_pooling="cls"),
+    "t5": EncoderSpec(
+        module=lambda c, p: PooledT5(c, p), load=_load_t5,
+        export=lambda params, c, d: t5_hf.export_t5(params["t5"], c, d),
+        presets={"t5_base": t5.t5_base, "t5_tiny": t5.t5_tiny},
+        default_pooling="encdec"),
+}
+
+
+def get_encoder(name: str) -> EncoderSpec:
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise KeyError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}") from None
+
+
+@gin.configurable
+def build_biencoder(encoder: str = "bert", config: Optional[str] = None,
+                    checkpoint_dir: Optional[str] = None, pooling: Optional[str] = None,
+                    shared: bool = False, query_towers: Optional[Sequence[str]] = None,
+                    tower_by: str = "task", dtype: str = "float32", seed: int = 0,
+                    config_overrides: Optional[Dict[str, Any]] = None,
+                    ) -> Tuple[BiEncoder, Dict[str, Any], Any]:
+    """A bi-encoder and its parameters, from a checkpoint or a named preset.
+
+    Args:
+      encoder: registry name ("bert", "t5").
+      config: preset name (e.g. "bert_base", "t5_tiny"); ignored with ``checkpoint_dir``.
+      checkpoint_dir: HF checkpoint directory to initialise every tower from.
+      pooling: "cls"/"mean" (BERT) or "encdec"/"mean" (T5); default per encoder.
+      shared: one tower for queries and passages (TACO) or separate (MT-DPR).
+      query_towers: task names (or task types with ``tower_by="type"``) for task-specific
+        query encoders.
+      tower_by: "task" or "type".
+      dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
+      seed: PRNG seed for random initialisation.
+      config_overrides: extra config fields (e.g. ``{"dropout_rate": 0.0}``).
+    Returns:
+      (BiEncoder, params, config).
+    """
+    spec = get_encoder(encoder)
+    pooling = pooling or spec.default_pooling
+    overrides = dict(config_overrides or {}, dtype=dtype)
+    if checkpoint_dir:
+        cfg, enc_params = spec.load(checkpoint_dir, pooling, **overrides)
+        model = BiEncoder(spec.module(cfg, pooling), shared=shared, query_towers=query_towers,
+                          tower_by=tower_by)
+        return model, model.layout(enc_params), cfg
+    if config not in spec.presets:
+        raise KeyError(f"unknown {encoder} config {config!r}; presets: {sorted(spec.presets)} "
+                       "(or give checkpoint_dir)")
+    cfg = spec.presets[config](**overrides)
+    model = BiEncoder(spec.module(cfg, pooling), shared=shared, query_towers=query_towers,
+                      tower_by=tower_by)
+    return model, model.init(jax.random.PRNGKey(seed)), cfg
