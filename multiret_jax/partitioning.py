@@ -29,6 +29,29 @@ LOGICAL_RULES: Tuple[Tuple[str, Optional[str]], ...] = (
 )
 
 
+class LogicallyPartitioned(nn.LogicallyPartitioned):
+    """``nn.LogicallyPartitioned`` that skips the sharding constraint while its value's rank
+    differs from its names.
+
+    Flax's ``DenseGeneral`` initialises multi-axis kernels flat (2-D), unboxes them and then
+    reshapes; flax also re-runs initialisers under ``jax.eval_shape`` during ``apply`` to
+    check parameter shapes. Under an active mesh (``jax.set_mesh``) the stock box would
+    apply the 3-D logical constraint to the 2-D flat kernel and fail.
+    """
+
+    def unbox(self, apply_constraint: bool = True) -> Any:
+        if len(getattr(self.value, "shape", ())) != len(self.names):
+            return self.value
+        return super().unbox(apply_constraint)
+
+
+def with_logical_partitioning(fn: Any, names: Tuple[Optional[str], ...]) -> Any:
+    """Wraps an initializer so its result carries logical axis ``names``."""
+    def init(*args, **kwargs):
+        return LogicallyPartitioned(fn(*args, **kwargs), names)
+    return init
+
+
 def make_mesh(model_parallel: int = 1, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     """A ("data", "model") mesh over ``devices`` (default: all devices, all processes).
 

@@ -110,7 +110,7 @@ MESH_SCRIPT = textwrap.dedent("""
             shardings = partitioning.logical_shardings(model.logical_specs(), mesh)
             p = jax.device_put(params, shardings)
             data = partitioning.batch_sharding(mesh)
-            with mesh, partitioning.axis_rules():
+            with jax.set_mesh(mesh), partitioning.axis_rules():
                 fn = jax.jit(model.encode_passages, in_shardings=(shardings, data, data),
                              out_shardings=data)
                 out = fn(p, jax.device_put(ids, data), jax.device_put(mask, data))

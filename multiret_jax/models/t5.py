@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .pooling import mean_pool
+from multiret_jax.models.pooling import mean_pool
+from multiret_jax.partitioning import with_logical_partitioning
 
 Array = jax.Array
 ACTIVATIONS: Dict[str, Callable[[Array], Array]] = {  # HF names; gelu_new is the tanh approximation
@@ -147,7 +148,7 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
 
 def _init(scale: float, names: Tuple[Optional[str], ...]) -> Callable:
     """Fan-in normal initialiser (std = sqrt(scale / fan_in)) with logical axis names."""
-    return nn.with_logical_partitioning(
+    return with_logical_partitioning(
         nn.initializers.variance_scaling(scale, "fan_in", "normal"), names)
 
 
@@ -159,7 +160,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        scale = self.param("scale", with_logical_partitioning(nn.initializers.ones, ("embed",)),
                            (x.shape[-1],), jnp.dtype(cfg.param_dtype))
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.layer_norm_epsilon)
@@ -282,7 +283,7 @@ class T5Stack(nn.Module):
 
 
 def _embedder(cfg: T5Config) -> nn.Embed:
-    init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
+    init = with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
     return nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.dtype(cfg.param_dtype),
                     embedding_init=init, name="token_embedder")
 
