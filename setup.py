@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.13",
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",
 ]
 
 EXTRAS = {

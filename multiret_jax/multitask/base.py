@@ -53,11 +53,18 @@ def num_tasks(stacked: Any) -> int:
 
 
 def weighted_sum(stacked: Any, weights: jax.Array) -> Any:
-    """sum_k weights[k] * g_k for task weights [K] (or per-parameter weights [K, ...])."""
+    """sum_k weights[k] * g_k for task weights [K] (or a pytree of per-parameter [K, ...]).
+
+    Written as an unrolled sum over K (K is small and static): XLA CPU reduces a leading
+    axis of a large array far slower than it adds K slices.
+    """
     def comb(g, w):
-        w = w.reshape(w.shape + (1,) * (g.ndim - w.ndim)) if w.ndim < g.ndim else w
-        return jnp.sum(w.astype(g.dtype) * g, axis=0)
-    if isinstance(weights, jax.Array) or hasattr(weights, "shape"):
+        w = w.reshape(w.shape + (1,) * (g.ndim - w.ndim)).astype(g.dtype)
+        out = w[0] * g[0]
+        for k in range(1, g.shape[0]):
+            out = out + w[k] * g[k]
+        return out
+    if hasattr(weights, "shape"):
         return jax.tree_util.tree_map(lambda g: comb(g, weights), stacked)
     return jax.tree_util.tree_map(comb, stacked, weights)
 

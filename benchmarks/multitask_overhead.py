@@ -1,0 +1,222 @@
+"""Cost of TACO's update vs the naive multitask update, at T5-base scale.
+
+    python benchmarks/multitask_overhead.py [--layers=3] [--tasks=8] [--repeats=2]
+        [--sort_layers=1] [--skip_train_step]
+
+1. Update overhead. A params tree shaped like T5-base (shared embedding [32128, 768]; 12
+   encoder layers of q/k/v/o [768, 768], wi [768, 3072], wo [3072, 768], 2 layer norms;
+   12 decoder layers with self- and cross-attention and 3 layer norms; final norms:
+   ~223M parameters), random values, and K stacked task gradients. Times the jitted
+   ``update`` (warm-up excluded, ``block_until_ready``, best of ``--repeats``) of
+   ``naive`` and ``taco`` with ``median="exact"`` (bit-bisection select),
+   ``median="approx"`` (2**18 sample) and ``median="sort"`` (``jnp.median`` of the
+   concatenation; slow, so timed on ``--sort_layers`` layers only). K x 223M x 4 bytes is
+   7.1 GB of gradients plus 7.1 GB of EMA, which with the temporaries does not fit a
+   24 GiB host, so the timed tree keeps ``--layers`` of the 12 layers per stack and the
+   same fraction of the vocabulary (a uniform fraction of every kind of leaf); the
+   printed full-size times extrapolate linearly in the parameter count (all passes are
+   O(N); the sort is O(N log N), so its extrapolation is a lower bound). The taco state
+   bytes are exact for the full model (``jax.eval_shape`` of ``init``, nothing
+   allocated).
+2. Train step. A STAND-IN bi-encoder (not the project's T5/BERT encoders): two towers of
+   bag-of-embeddings followed by a two-layer Flax MLP, in-batch-negative softmax loss,
+   K tasks x 16 queries per step; the full step (stacked per-task grads, multitask
+   update, AdamW) timed with naive vs taco.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from multiret_jax import multitask
+from multiret_jax.multitask.taco import _task_sum
+
+D, FF, VOCAB, LAYERS = 768, 3072, 32128, 12
+
+
+def t5_base_shapes(layers=LAYERS, vocab=VOCAB):
+    """Leaf shapes of a T5-base-like encoder-decoder with ``layers`` per stack."""
+    attn = {n: (D, D) for n in ("q", "k", "v", "o")}
+    ffn = {"wi": (D, FF), "wo": (FF, D)}
+    enc = {f"layer_{i}": {"attn": dict(attn), "ffn": dict(ffn), "ln_attn": (D,), "ln_ffn": (D,)}
+           for i in range(layers)}
+    dec = {f"layer_{i}": {"self_attn": dict(attn), "cross_attn": dict(attn), "ffn": dict(ffn),
+                          "ln_self": (D,), "ln_cross": (D,), "ln_ffn": (D,)}
+           for i in range(layers)}
+    return {"shared_embedding": (vocab, D),
+            "encoder": dict(enc, final_ln=(D,), rel_bias=(32, 12)),
+            "decoder": dict(dec, final_ln=(D,), rel_bias=(32, 12))}
+
+
+def is_shape(x):
+    return isinstance(x, tuple)
+
+
+def count(shapes):
+    return sum(int(np.prod(s)) for s in jax.tree_util.tree_leaves(shapes, is_leaf=is_shape))
+
+
+def random_tree(shapes, key, lead=()):
+    leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=is_shape)
+    keys = jax.random.split(key, len(leaves))
+    make = jax.jit(lambda k, s: 0.05 * jax.random.normal(k, s, jnp.float32), static_argnums=1)
+    return treedef.unflatten([make(k, lead + s) for k, s in zip(keys, leaves)])
+
+
+def nbytes(tree):
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree_util.tree_leaves(tree))
+
+
+def unrolled_mean():
+    """Reference: the naive mean written as an unrolled sum over K (one fused pass; XLA CPU
+    runs ``base.weighted_sum``'s axis-0 ``jnp.sum`` several times slower)."""
+    def update(g, state, params=None):
+        return jax.tree_util.tree_map(lambda x: _task_sum(x) / x.shape[0], g), state
+    return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
+
+
+def time_update(tx, grads, params, repeats):
+    """Best wall time of the jitted update (state donated, so the EMA updates in place)."""
+    state = tx.init(params)
+    update = jax.jit(tx.update, donate_argnums=(1,))
+    u, state = update(grads, state, params)
+    jax.block_until_ready((u, state))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        u, state = update(grads, state, params)
+        jax.block_until_ready((u, state))
+        best = min(best, time.perf_counter() - t)
+    del u, state
+    return best
+
+
+def peak_rss_gb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def bench_update(args):
+    k = args.tasks
+    full = t5_base_shapes()
+    n_full = count(full)
+    print(f"== update overhead: K={k}, T5-base-shaped params: {n_full / 1e6:.1f}M "
+          f"(stacked grads {k * n_full * 4 / 2**30:.2f} GiB fp32)")
+    sds = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), full,
+                                 is_leaf=is_shape)
+    for median in ("exact", "approx"):
+        st = jax.eval_shape(multitask.taco(num_tasks=k, median=median).init, sds)
+        print(f"taco state, full model, median={median}: {nbytes(st) / 2**30:.3f} GiB "
+              f"({nbytes(st)} bytes; EMA = K x params x 4 B)")
+
+    results = {}
+    for layers, methods in ((args.layers, ("naive", "naive_unrolled", "exact", "approx")),
+                            (args.sort_layers, ("naive", "naive_unrolled", "sort", "exact"))):
+        if layers <= 0:
+            continue
+        shapes = t5_base_shapes(layers, round(VOCAB * layers / LAYERS))
+        n = count(shapes)
+        frac = n / n_full
+        params = random_tree(shapes, jax.random.PRNGKey(0))
+        grads = random_tree(shapes, jax.random.PRNGKey(1), lead=(k,))
+        print(f"-- timed tree: {layers}/{LAYERS} layers per stack, vocab "
+              f"{round(VOCAB * layers / LAYERS)}: {n / 1e6:.1f}M params "
+              f"({frac:.3f} of T5-base)")
+        base = unrolled = None
+        for m in methods:
+            tx = (multitask.naive() if m == "naive" else unrolled_mean() if m == "naive_unrolled"
+                  else multitask.taco(num_tasks=k, median=m))
+            t = time_update(tx, grads, params, args.repeats)
+            base = t if m == "naive" else base
+            unrolled = t if m == "naive_unrolled" else unrolled
+            results[(layers, m)] = t
+            vs = f"{t / base:6.2f}x naive" + (f", {t / unrolled:6.1f}x unrolled" if unrolled else "")
+            print(f"{m:>14}: {t:8.3f} s  ({vs})  extrapolated to T5-base: {t / frac:8.2f} s  "
+                  f" peak RSS so far {peak_rss_gb():.1f} GiB")
+        del params, grads
+    return results
+
+
+def bench_train_step(args):
+    import flax.linen as nn
+
+    k, b, seq, vocab, emb = args.tasks, 16, 16, 2000, 64
+
+    class Tower(nn.Module):
+        @nn.compact
+        def __call__(self, ids):
+            x = nn.Embed(vocab, emb)(ids).mean(axis=-2)
+            return nn.Dense(emb)(nn.relu(nn.Dense(4 * emb)(x)))
+
+    class BiEncoder(nn.Module):  # stand-in for the project's T5/BERT bi-encoder
+        def setup(self):
+            self.q, self.p = Tower(), Tower()
+
+        def __call__(self, qids, pids):
+            return self.q(qids), self.p(pids)
+
+    model = BiEncoder()
+    rng = np.random.default_rng(0)
+    batch = {"q": jnp.asarray(rng.integers(0, vocab, (k, b, seq))),
+             "p": jnp.asarray(rng.integers(0, vocab, (k, b, seq)))}
+    params = model.init(jax.random.PRNGKey(0), batch["q"][0], batch["p"][0])
+
+    def loss_fn(p, task_batch):
+        q, d = model.apply(p, task_batch["q"], task_batch["p"])
+        logits = q @ d.T
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(b)).mean()
+
+    n = count(jax.tree_util.tree_map(lambda x: x.shape, params))
+    print(f"== train step (STAND-IN MLP bi-encoder, {n / 1e6:.2f}M params, K={k} x {b} "
+          f"queries)")
+    base = None
+    for name, mt in (("naive", multitask.naive()),
+                     ("taco exact", multitask.taco(num_tasks=k)),
+                     ("taco approx", multitask.taco(num_tasks=k, median="approx"))):
+        tx = optax.chain(mt, optax.adamw(1e-3))
+
+        @jax.jit
+        def step(p, s):
+            _, grads = multitask.stacked_task_grads(loss_fn, p, batch)
+            u, s = tx.update(grads, s, p)
+            return optax.apply_updates(p, u), s
+
+        p, s = step(params, tx.init(params))
+        jax.block_until_ready(p)
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            p, s = step(p, s)
+        jax.block_until_ready(p)
+        dt = (time.perf_counter() - t) / args.steps
+        base = dt if base is None else base
+        print(f"{name:>12}: {dt * 1e3:8.2f} ms/step ({dt / base:5.2f}x naive)")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--layers", type=int, default=3, help="layers per stack timed (of 12)")
+    p.add_argument("--sort_layers", type=int, default=1, help="layers for the sort median; 0 skips")
+    p.add_argument("--tasks", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20, help="timed train steps")
+    p.add_argument("--skip_train_step", action="store_true")
+    args = p.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}")
+    bench_update(args)
+    if not args.skip_train_step:
+        bench_train_step(args)
+
+
+if __name__ == "__main__":
+    main()

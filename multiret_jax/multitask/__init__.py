@@ -1,0 +1,9 @@
+"""Optax transforms that turn stacked per-task gradients into one update."""
+
+from multiret_jax.multitask.base import (METHODS, get_method, naive, num_tasks, register_method,
+                                         stacked_task_grads, weighted_sum)
+from multiret_jax.multitask.cgd import CGDState, cgd
+from multiret_jax.multitask.gradnorm import GradNormState, gradnorm
+from multiret_jax.multitask.pcgrad import PCGradState, pcgrad
+from multiret_jax.multitask.taco import TacoState, median_select, taco
+from multiret_jax.multitask import analysis
