@@ -1,7 +1,7 @@
 """Optax transforms that turn stacked per-task gradients into one update."""
 
-from multiret_jax.multitask.base import (METHODS, get_method, naive, num_tasks, register_method,
-                                         stacked_task_grads, weighted_sum)
+from multiret_jax.multitask.base import (METHODS, build_method, get_method, naive, num_tasks,
+                                         register_method, stacked_task_grads, weighted_sum)
 from multiret_jax.multitask.cgd import CGDState, cgd
 from multiret_jax.multitask.gradnorm import GradNormState, gradnorm
 from multiret_jax.multitask.pcgrad import PCGradState, pcgrad

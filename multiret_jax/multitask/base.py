@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,6 +43,21 @@ def get_method(name: str, **kwargs) -> optax.GradientTransformationExtraArgs:
     except KeyError:
         raise KeyError(f"unknown multitask method {name!r}; known: {sorted(METHODS)}") from None
     return ctor(**kwargs)
+
+
+@gin.configurable("multitask")
+def build_method(method: str = "naive", num_tasks: Optional[int] = None,
+                 options: Optional[Dict[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
+    """Gin entry point: ``multitask.method = "taco"``, ``multitask.options = {"tau": 2.0}``.
+
+    Args:
+      method: a registered name (naive, taco, pcgrad, cgd, gradnorm).
+      num_tasks: K, passed to every method (TACO/CGD/GradNorm size their state with it).
+      options: keyword arguments of that method's constructor.
+    Returns:
+      The multitask transform.
+    """
+    return get_method(method, num_tasks=num_tasks, **dict(options or {}))
 
 
 def num_tasks(stacked: Any) -> int:
