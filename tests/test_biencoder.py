@@ -1,10 +1,6 @@
 """Bi-encoder layouts, task-specific query towers, pretrained towers, sharded encoding."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +12,6 @@ from multiret_jax.models import bert
 from multiret_jax.models.encoders import build_biencoder, get_encoder
 from multiret_jax.models.pooling import cls_pool
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _batch(seed=0, b=4, length=12, vocab=1000):
@@ -122,9 +117,5 @@ MESH_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_encoding_on_8_cpu_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", MESH_SCRIPT], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert "MESH_OK" in out.stdout, out.stdout + out.stderr[-3000:]
+def test_sharded_encoding_on_8_cpu_devices_equals_one_device(run_on_8_devices):
+    run_on_8_devices(MESH_SCRIPT, "MESH_OK")

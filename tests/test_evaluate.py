@@ -1,8 +1,6 @@
 """End-to-end evaluation CLI: guess files in KILT format, scores equal an independent path."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -1,11 +1,7 @@
 """Every multitask method chosen by name (gin) and run with params sharded on 8 CPU devices
 equals its unsharded run."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import gin
 import jax.numpy as jnp
@@ -14,7 +10,6 @@ import pytest
 
 from multiret_jax import multitask
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gin_selects_method_by_name():
@@ -72,9 +67,5 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_all_methods_sharded_equal_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert "SHARDED_OK" in out.stdout, out.stdout + out.stderr[-3000:]
+def test_all_methods_sharded_equal_unsharded(run_on_8_devices):
+    run_on_8_devices(SCRIPT, "SHARDED_OK")
