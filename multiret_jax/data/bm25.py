@@ -23,6 +23,7 @@ import Stemmer
 from bm25s.tokenization import Tokenizer
 
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.index.mine import filter_negatives
 
 
 @gin.configurable
@@ -144,18 +145,5 @@ class BM25Retriever:
           int64 [n, num], -1 where fewer than ``num`` negatives exist within ``depth``.
         """
         self._check_indexed()
-        out = np.full((len(rows), num), -1, np.int64)
-        page_ids = self.table.page_ids
-        for i, (ranked, pos) in enumerate(zip(rows, positives)):
-            bad = set(int(p) for p in pos)
-            pages = set(gold_pages[i]) if gold_pages is not None else {page_ids[p] for p in bad}
-            j = 0
-            for r in ranked:
-                r = int(r)
-                if r in bad or (exclude_gold_pages and page_ids[r] in pages):
-                    continue
-                out[i, j] = r
-                j += 1
-                if j == num:
-                    break
-        return out
+        return filter_negatives(rows, positives, self.table.page_ids, num,
+                                exclude_gold_pages, gold_pages)

@@ -1,0 +1,1 @@
+"""Dense indexing and hard-negative mining (exact inner-product search, ANCE negatives)."""

@@ -1,0 +1,148 @@
+"""Exact dense search and hard-negative mining for ANCE episodes (TACO).
+
+After the BM25 warm-up, every TACO episode re-encodes the corpus with the current model
+and mines hard negatives: top-ranked passages that are not gold (and, by default, not from
+a gold page). ``exact_search`` is an exact inner-product top-k in numpy that streams over
+passage blocks, so memory is O(Q * block_size + Q * k) rather than O(Q * P);
+``mine_negatives`` searches to ``depth`` and hands the ranking to ``filter_negatives``,
+which ``BM25Retriever.hard_negatives`` shares.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def _block_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices [Q, k] of the k best scores per row, ties to the lower column.
+
+    Not sorted. Deterministic: of the entries equal to the k-th best score, the lowest
+    columns are kept.
+    """
+    n = scores.shape[1]
+    if k >= n:
+        return np.broadcast_to(np.arange(n), scores.shape).copy()
+    thr = np.partition(scores, n - k, axis=1)[:, n - k][:, None]  # k-th largest per row
+    above = scores > thr
+    ties = scores == thr
+    need = k - above.sum(axis=1, keepdims=True)
+    keep = above | (ties & (np.cumsum(ties, axis=1) <= need))
+    return np.nonzero(keep)[1].reshape(scores.shape[0], k)
+
+
+def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
+                 block_size: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k, streaming over blocks of ``block_size`` passages.
+
+    Each block's top-k (np.argpartition-style, O(Q * block)) is merged with the running
+    top-k; ties are broken by the lower passage row, so results do not depend on
+    ``block_size``.
+
+    Args:
+      queries: [Q, D] query embeddings.
+      passages: [P, D] passage embeddings (a np.memmap works; blocks are read in turn).
+      k: results per query, clamped to P.
+      block_size: passages scored at a time.
+    Returns:
+      (rows, scores): int64 [Q, k] passage rows and float32 [Q, k] scores, best first.
+    """
+    queries = np.asarray(queries, np.float32)
+    if queries.ndim != 2 or np.ndim(passages) != 2:
+        raise ValueError(f"queries and passages must be 2-D, got shapes "
+                         f"{queries.shape} and {np.shape(passages)}")
+    if queries.shape[1] != passages.shape[1]:
+        raise ValueError(f"embedding dimension mismatch: queries have {queries.shape[1]}, "
+                         f"passages have {passages.shape[1]}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    num_q, num_p = queries.shape[0], passages.shape[0]
+    k = max(0, min(int(k), num_p))
+    best_rows = np.zeros((num_q, 0), np.int64)
+    best_scores = np.zeros((num_q, 0), np.float32)
+    if k == 0 or num_q == 0:
+        return np.zeros((num_q, k), np.int64), np.zeros((num_q, k), np.float32)
+    for start in range(0, num_p, block_size):
+        block = np.asarray(passages[start:start + block_size], np.float32)
+        scores = queries @ block.T  # [Q, B]
+        cols = _block_topk(scores, min(k, scores.shape[1]))
+        rows = np.concatenate([best_rows, cols.astype(np.int64) + start], axis=1)
+        vals = np.concatenate([best_scores, np.take_along_axis(scores, cols, axis=1)], axis=1)
+        order = np.lexsort((rows, -vals), axis=-1)[:, :k]  # score desc, then row asc
+        best_rows = np.take_along_axis(rows, order, axis=1)
+        best_scores = np.take_along_axis(vals, order, axis=1)
+    return best_rows, best_scores.astype(np.float32, copy=False)
+
+
+def filter_negatives(ranked_rows: np.ndarray, positives: Sequence[np.ndarray],
+                     page_ids: Sequence[str], num: int, exclude_gold_pages: bool = True,
+                     gold_pages: Optional[Sequence[Sequence[str]]] = None,
+                     sample: bool = False,
+                     rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Hard negatives from a ranking: non-gold passages, best first or sampled.
+
+    Args:
+      ranked_rows: [n, depth] passage rows, best first (negative entries are padding).
+      positives: per query, the gold passage rows.
+      page_ids: page id of every passage row.
+      num: negatives per query.
+      exclude_gold_pages: also skip passages of the gold pages.
+      gold_pages: per query page ids; derived from ``positives`` when None.
+      sample: draw ``num`` uniformly (without replacement) from the allowed passages of the
+        ranking (ANCE) instead of taking the best ``num``; kept in rank order.
+      rng: generator for ``sample`` (default: ``np.random.default_rng(0)``).
+    Returns:
+      int64 [n, num], -1 where fewer than ``num`` allowed passages exist in the ranking.
+    """
+    ranked_rows = np.asarray(ranked_rows)
+    if len(positives) != len(ranked_rows):
+        raise ValueError(f"{len(positives)} positive lists for {len(ranked_rows)} queries")
+    if gold_pages is not None and len(gold_pages) != len(ranked_rows):
+        raise ValueError(f"{len(gold_pages)} gold page lists for {len(ranked_rows)} queries")
+    if sample and rng is None:
+        rng = np.random.default_rng(0)
+    out = np.full((len(ranked_rows), num), -1, np.int64)
+    for i, (ranked, pos) in enumerate(zip(ranked_rows, positives)):
+        bad = set(int(p) for p in np.asarray(pos).reshape(-1))
+        if exclude_gold_pages:
+            pages = set(gold_pages[i]) if gold_pages is not None else {page_ids[p] for p in bad}
+        allowed = []
+        for r in ranked:
+            r = int(r)
+            if r < 0 or r in bad or (exclude_gold_pages and page_ids[r] in pages):
+                continue
+            allowed.append(r)
+            if not sample and len(allowed) == num:
+                break
+        if sample and len(allowed) > num:
+            pick = np.sort(rng.choice(len(allowed), size=num, replace=False))
+            allowed = [allowed[j] for j in pick]
+        out[i, :len(allowed)] = allowed[:num]
+    return out
+
+
+def mine_negatives(query_emb: np.ndarray, passage_emb: np.ndarray,
+                   positives: Sequence[np.ndarray], page_ids: Sequence[str], num: int,
+                   depth: int = 100, exclude_gold_pages: bool = True,
+                   gold_pages: Optional[Sequence[Sequence[str]]] = None,
+                   sample: bool = False, rng: Optional[np.random.Generator] = None,
+                   block_size: int = 65536) -> np.ndarray:
+    """Dense hard negatives (ANCE): search to ``depth``, drop gold, keep ``num``.
+
+    Args:
+      query_emb: [Q, D] query embeddings; passage_emb: [P, D] passage embeddings.
+      positives: per query, the gold passage rows.
+      page_ids: page id of every passage row (``PassageTable.page_ids``).
+      num, depth: negatives per query, taken from the top ``depth`` (clamped to P).
+      exclude_gold_pages, gold_pages, sample, rng: see ``filter_negatives``.
+    Returns:
+      int64 [Q, num], -1 padded.
+    """
+    if len(positives) != len(query_emb):
+        raise ValueError(f"{len(positives)} positive lists for {len(query_emb)} queries")
+    if len(page_ids) != len(passage_emb):
+        raise ValueError(f"{len(page_ids)} page ids for {len(passage_emb)} passages")
+    rows, _ = exact_search(query_emb, passage_emb, depth, block_size=block_size)
+    return filter_negatives(rows, positives, page_ids, num, exclude_gold_pages, gold_pages,
+                            sample=sample, rng=rng)
