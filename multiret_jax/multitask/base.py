@@ -68,6 +68,17 @@ def num_tasks(stacked: Any) -> int:
     return sizes.pop()
 
 
+def task_losses_array(task_losses: Any, k: int, method: str) -> jax.Array:
+    """The ``task_losses`` extra argument as float32 [K], with a clear error when missing."""
+    if task_losses is None:
+        raise ValueError(f"{method} needs the task_losses extra argument [K]: "
+                         "tx.update(grads, state, params, task_losses=losses)")
+    losses = jnp.asarray(task_losses, jnp.float32)
+    if losses.shape != (k,):
+        raise ValueError(f"{method}: task_losses has shape {losses.shape}, expected ({k},)")
+    return losses
+
+
 def weighted_sum(stacked: Any, weights: jax.Array) -> Any:
     """sum_k weights[k] * g_k for task weights [K] (or a pytree of per-parameter [K, ...]).
 

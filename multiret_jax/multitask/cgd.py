@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from multiret_jax.multitask.base import num_tasks as _num_tasks
-from multiret_jax.multitask.base import register_method, weighted_sum
+from multiret_jax.multitask.base import register_method, task_losses_array, weighted_sum
 from multiret_jax.multitask.pcgrad import ParamFilter, task_gram
 
 
@@ -104,12 +104,7 @@ def cgd(num_tasks: int, step_size: float = 0.05, use_task_losses: bool = True,
             raise ValueError(f"cgd: built for {k_expected} tasks, got {k}")
         losses = None
         if use_task_losses:
-            if task_losses is None:
-                raise ValueError("cgd(use_task_losses=True) needs the task_losses extra "
-                                 "argument: tx.update(grads, state, params, task_losses=...)")
-            losses = jnp.asarray(task_losses, jnp.float32)
-            if losses.shape != (k,):
-                raise ValueError(f"cgd: task_losses has shape {losses.shape}, expected ({k},)")
+            losses = task_losses_array(task_losses, k, "cgd(use_task_losses=True)")
         s = cgd_scores(task_gram(updates, param_filter), losses, normalize_grads, loss_power,
                        eps)
         alpha = jax.nn.softmax(jnp.log(state.alpha) + step_size * s)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from multiret_jax.multitask.base import num_tasks as _num_tasks
-from multiret_jax.multitask.base import register_method, weighted_sum
+from multiret_jax.multitask.base import register_method, task_losses_array, weighted_sum
 from multiret_jax.multitask.pcgrad import ParamFilter, task_gram
 
 
@@ -98,12 +98,7 @@ def gradnorm(num_tasks: int, alpha: float = 1.5, lr_w: float = 0.025,
         k = _num_tasks(updates)
         if k != k_expected:
             raise ValueError(f"gradnorm: built for {k_expected} tasks, got {k}")
-        if task_losses is None:
-            raise ValueError("gradnorm needs the task_losses extra argument [K]: "
-                             "tx.update(grads, state, params, task_losses=losses)")
-        losses = jnp.asarray(task_losses, jnp.float32)
-        if losses.shape != (k,):
-            raise ValueError(f"gradnorm: task_losses has shape {losses.shape}, expected ({k},)")
+        losses = task_losses_array(task_losses, k, "gradnorm")
         w = state.weights
         initial = jnp.where(state.count == 0, losses, state.initial_losses)
         out = weighted_sum(updates, w / k if reduction == "mean" else w)
