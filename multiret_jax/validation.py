@@ -1,0 +1,187 @@
+"""Validation during training with a dense model: encode the (small) validation corpus,
+exact search, page- and passage-level R-precision per task; best checkpoint by the
+average page R-precision over tasks.
+
+    res = validate(model, params, tokenizer, table, {"nq": nq_dev, "fever": fever_dev})
+    res["avg_page_rprec"], res["tasks"]["nq"]["page_rprec"]
+
+Page metrics follow the KILT scorer (``metrics.kilt_retrieval.record_metrics``): the
+ranking is the retrieved passages' pages, de-duplicated in rank order; each provenance set
+is one gold page list. Passage R-precision is over the records whose provenance has
+paragraph spans (``provenance.passage_gold_ids``), as in ``evaluate.py``.
+
+Texts are sorted by token length and encoded in fixed-size batches padded to multiples of
+16 tokens, so jit compiles at most ``max_len / 16`` shapes per encoder; parameters are a
+jit argument (not a constant), so the compiled functions are reused across validations.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from multiret_jax.data.kilt import KiltRecord
+from multiret_jax.data.passages import PassageTable
+from multiret_jax.data.provenance import passage_gold_ids
+from multiret_jax.data.tasks import Task, get_task
+from multiret_jax.index.mine import exact_search
+from multiret_jax.metrics.kilt_retrieval import record_metrics
+from multiret_jax.models.biencoder import BiEncoder
+from multiret_jax.models.tokenization import Tokenization
+
+log = logging.getLogger(__name__)
+
+BUCKET = 16
+
+
+def _is_jitted(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return hasattr(fn, "lower")
+
+
+def encode_texts(encode_fn: Callable[[Any, Any], Any], tokenizer: Tokenization,
+                 texts: Sequence[str], max_len: int, batch_size: int = 64,
+                 desc: str = "encode", progress: bool = True) -> np.ndarray:
+    """Embeddings float32 [N, D] of ``texts``, in the given order.
+
+    Args:
+      encode_fn: ``(input_ids, attention_mask) -> [B, D]``; jitted here unless it already
+        is (a ``functools.partial`` of a jitted function counts, e.g. params bound first).
+      tokenizer: the tokenization.
+      texts: strings to encode.
+      max_len: truncation length in tokens.
+      batch_size: rows per call; the last batch is padded (with copies of its last row)
+        so every call has ``batch_size`` rows.
+      desc, progress: tqdm label / switch.
+    """
+    n = len(texts)
+    if n == 0:
+        raise ValueError("encode_texts: no texts")
+    fn = encode_fn if _is_jitted(encode_fn) else jax.jit(encode_fn)
+    ids, mask = tokenizer.encode(texts, max_len, pad_to_multiple_of=BUCKET)
+    lengths = mask.sum(axis=1)
+    order = np.argsort(-lengths, kind="stable")  # longest first: the slowest shapes up front
+    out: Optional[np.ndarray] = None
+    with tqdm(total=n, desc=desc, unit=" texts", disable=not progress, mininterval=2) as bar:
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            if len(rows) < batch_size:
+                rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
+            length = min(max_len, max(BUCKET, -(-int(lengths[rows].max()) // BUCKET) * BUCKET))
+            emb = np.asarray(fn(jnp.asarray(ids[rows, :length]), jnp.asarray(mask[rows, :length])),
+                             np.float32)
+            real = min(batch_size, n - start)
+            if out is None:
+                out = np.zeros((n, emb.shape[-1]), np.float32)
+            out[order[start:start + real]] = emb[:real]
+            bar.update(real)
+    return out
+
+
+# Jitted encoders per model, with params (and the query tower) as arguments.
+_JITTED: "weakref.WeakKeyDictionary[BiEncoder, Dict[str, Callable]]" = weakref.WeakKeyDictionary()
+
+
+def _jitted(model: BiEncoder) -> Dict[str, Callable]:
+    if model not in _JITTED:
+        ref = weakref.ref(model)  # no strong reference from the cache value to its key
+        _JITTED[model] = {
+            "passage": jax.jit(lambda p, i, m: ref().encode_passages(p, i, m)),
+            "query": jax.jit(lambda p, t, i, m: ref().encode_queries(p, i, m, tower=t)),
+        }
+    return _JITTED[model]
+
+
+def page_ranking(rows: np.ndarray, table: PassageTable) -> list:
+    """Page ids of a passage ranking, de-duplicated in rank order."""
+    return list(dict.fromkeys(table.page_ids[int(r)] for r in rows if r >= 0))
+
+
+def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: PassageTable,
+             task_records: Mapping[Any, Sequence[KiltRecord]], passage_len: int = 128,
+             marker: str = "prefix", k: int = 100, batch_size: int = 64,
+             passage_emb: Optional[np.ndarray] = None, progress: bool = True) -> Dict[str, Any]:
+    """Dense retrieval metrics per task on a validation corpus.
+
+    Args:
+      model, params: the bi-encoder and its parameters.
+      tokenizer: the tokenization.
+      table: the validation passage table.
+      task_records: task name (or ``Task``) -> its dev records (records without input skip).
+      passage_len: passage length in tokens.
+      marker: query marker ("prefix", "type" or "none"; see ``Task.format_query``).
+      k: passages retrieved per query.
+      batch_size: encoding batch size.
+      passage_emb: precomputed [P, D] passage embeddings for ``params`` (skips encoding).
+    Returns:
+      ``{"tasks": {task: {"page_rprec", "passage_rprec" (None without passage gold),
+      "recall@5", "num_queries", "passage_queries"}}, "avg_page_rprec", "passage_emb"}``.
+    """
+    fns = _jitted(model)
+    if passage_emb is None:
+        passage_emb = encode_texts(functools.partial(fns["passage"], params), tokenizer,
+                                   table.contents(), passage_len, batch_size,
+                                   desc="passages", progress=progress)
+    elif len(passage_emb) != len(table):
+        raise ValueError(f"{len(passage_emb)} passage embeddings for {len(table)} passages")
+    out: Dict[str, Any] = {"tasks": {}}
+    for key, records in task_records.items():
+        task = key if isinstance(key, Task) else get_task(key)
+        records = [r for r in records if r.input is not None]
+        if not records:
+            log.warning("validation: task %s has no records with input; skipped", task.name)
+            continue
+        tower = jnp.asarray(model.tower_index(task), jnp.int32)
+        q = encode_texts(functools.partial(fns["query"], params, tower), tokenizer,
+                         [task.format_query(r.input, marker) for r in records],
+                         task.max_query_len, batch_size, desc=f"{task.name} queries",
+                         progress=progress)
+        rows, _ = exact_search(q, passage_emb, k)
+        page_r, rec5, pass_r = [], [], []
+        for rec, ranked in zip(records, rows):
+            gold_pages = [[p.wikipedia_id for p in s] for s in rec.provenance_sets()]
+            m = record_metrics(page_ranking(ranked, table), gold_pages, ks=(1, 5))
+            page_r.append(m["Rprec"])
+            rec5.append(m["recall@5"])
+            gold = passage_gold_ids(rec, table)
+            if gold:
+                pass_r.append(record_metrics([table.ids[int(i)] for i in ranked], gold, ks=(1,))["Rprec"])
+        res = {"page_rprec": float(np.mean(page_r)),
+               "passage_rprec": float(np.mean(pass_r)) if pass_r else None,
+               "recall@5": float(np.mean(rec5)), "num_queries": len(records),
+               "passage_queries": len(pass_r)}
+        out["tasks"][task.name] = res
+        log.info("validation %s: page R-prec %.4f, passage R-prec %s, page recall@5 %.4f (%d queries)",
+                 task.name, res["page_rprec"],
+                 "n/a" if res["passage_rprec"] is None else f"{res['passage_rprec']:.4f}",
+                 res["recall@5"], len(records))
+    per_task = [r["page_rprec"] for r in out["tasks"].values()]
+    out["avg_page_rprec"] = float(np.mean(per_task)) if per_task else 0.0
+    out["passage_emb"] = passage_emb
+    log.info("validation: average page R-prec %.4f over %d tasks", out["avg_page_rprec"], len(per_task))
+    return out
+
+
+class BestCheckpoint:
+    """Tracks the best validation so far by average page R-precision (ties keep the earlier)."""
+
+    def __init__(self, metric: str = "avg_page_rprec"):
+        self.metric = metric
+        self.best_value: Optional[float] = None
+        self.best_step: Optional[int] = None
+
+    def update(self, step: int, result: Mapping[str, Any]) -> bool:
+        """Records ``result`` of ``step``; True if it is a new best (save this checkpoint)."""
+        value = float(result[self.metric])
+        if self.best_value is None or value > self.best_value:
+            self.best_value, self.best_step = value, int(step)
+            return True
+        return False
