@@ -88,8 +88,12 @@ class Checkpointer:
             preservation_policy=ocm.AnyPreservationPolicy(policies),
             best_fn=self._metric if best_metric is not None else None, best_mode=best_mode,
             enable_async_checkpointing=async_save, create=True)
-        self._mgr = ocp.CheckpointManager(directory, options=options,
-                                          item_names=(_STATE, _META))
+        # Handlers named up front, so a manager reopened in a new process (resume) can read
+        # the saved items' metadata before any save.
+        self._mgr = ocp.CheckpointManager(
+            directory, options=options,
+            item_handlers={_STATE: ocp.StandardCheckpointHandler(),
+                           _META: ocp.JsonCheckpointHandler()})
 
     def _metric(self, metrics) -> float:
         value = (metrics or {}).get(self.best_metric)

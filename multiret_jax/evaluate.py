@@ -33,7 +33,7 @@ from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import passage_gold_ids
 from multiret_jax.data.tasks import Task, registered_tasks, get_task
-from multiret_jax.gin_utils import parse_gin
+from multiret_jax.gin_utils import define_gin_flags, parse_gin
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,6 @@ def result_rows(results: dict) -> Dict[str, Dict[str, Optional[float]]]:
     return rows
 
 
-flags.DEFINE_string("data_dir", None, "KILT-format benchmark dir (default: generated mini-KILT).")
-flags.DEFINE_string("out_dir", "runs/bm25", "Output directory.")
-flags.DEFINE_list("tasks", None, "Task names (default: all with files).")
-flags.DEFINE_string("split", "dev", "Split to evaluate.")
-flags.DEFINE_multi_string("gin_file", [], "Gin files (resolved from gin_configs/).")
-flags.DEFINE_multi_string("gin_param", [], "Gin bindings.")
 FLAGS = flags.FLAGS
 
 
@@ -182,4 +176,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_gin_flags()
+    flags.DEFINE_string("data_dir", None, "KILT-format benchmark dir (default: generated mini-KILT).")
+    flags.DEFINE_string("out_dir", "runs/bm25", "Output directory.")
+    flags.DEFINE_list("tasks", None, "Task names (default: all with files).")
+    flags.DEFINE_string("split", "dev", "Split to evaluate.")
     app.run(main)

@@ -108,7 +108,8 @@ def page_ranking(rows: np.ndarray, table: PassageTable) -> list:
 def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: PassageTable,
              task_records: Mapping[Any, Sequence[KiltRecord]], passage_len: int = 128,
              marker: str = "prefix", k: int = 100, batch_size: int = 64,
-             passage_emb: Optional[np.ndarray] = None, progress: bool = True) -> Dict[str, Any]:
+             passage_emb: Optional[np.ndarray] = None, progress: bool = True,
+             query_len: Optional[int] = None) -> Dict[str, Any]:
     """Dense retrieval metrics per task on a validation corpus.
 
     Args:
@@ -117,6 +118,7 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
       table: the validation passage table.
       task_records: task name (or ``Task``) -> its dev records (records without input skip).
       passage_len: passage length in tokens.
+      query_len: cap on every task's query length (e.g. a model's position limit).
       marker: query marker ("prefix", "type" or "none"; see ``Task.format_query``).
       k: passages retrieved per query.
       batch_size: encoding batch size.
@@ -142,7 +144,8 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
         tower = jnp.asarray(model.tower_index(task), jnp.int32)
         q = encode_texts(functools.partial(fns["query"], params, tower), tokenizer,
                          [task.format_query(r.input, marker) for r in records],
-                         task.max_query_len, batch_size, desc=f"{task.name} queries",
+                         min(task.max_query_len, query_len or task.max_query_len), batch_size,
+                         desc=f"{task.name} queries",
                          progress=progress)
         rows, _ = exact_search(q, passage_emb, k)
         page_r, rec5, pass_r = [], [], []

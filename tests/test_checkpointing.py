@@ -174,3 +174,15 @@ def test_scalar_logger_and_summary(tmp_path):
                               "bad": float("nan")})
     assert json.loads(path.read_text()) == {"mrr": 0.5, "recall": [0, 1], "n": 3,
                                             "bad": "nan"}
+
+
+def test_reopened_manager_restores(tmp_path):
+    state = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(5)}
+    with Checkpointer(tmp_path / "ck", keep=2) as ck:
+        ck.save(5, state, {"sampler": {"step": 5}})
+        ck.wait()
+    again = Checkpointer(tmp_path / "ck", keep=2)  # a new process resuming
+    restored, meta = again.restore(target=state)
+    np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
+    assert meta == {"sampler": {"step": 5}}
+    again.close()

@@ -50,3 +50,17 @@ def test_length_bucketing(minilm_dir):
 def test_missing_tokenizer_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
         Tokenization.from_dir(str(tmp_path))
+
+
+def test_wordlevel_vocabulary_is_deterministic_and_bert_shaped(tmp_path):
+    texts = ["The river Tarvo flows north.", "NQ [SEP] where does the tarvo flow", "b a c a"] * 3
+    a = Tokenization.train_wordlevel(texts, 40)
+    b = Tokenization.train_wordlevel(list(reversed(texts)), 40)
+    assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    assert a.tokens("NQ [SEP] the Tarvo")[:4] == ["[CLS]", "nq", "[SEP]", "the"]
+    assert a.tokens("zzz")[1] == "[UNK]"
+    small = Tokenization.train_wordlevel(texts, 8)  # 5 specials + the 3 most frequent words
+    assert small.vocab_size == 8 and small.tokens("the tarvo nq")[1:3] == ["the", "tarvo"]
+    a.save(str(tmp_path))
+    np.testing.assert_array_equal(Tokenization.from_dir(str(tmp_path)).encode(texts, 16)[0],
+                                  a.encode(texts, 16)[0])

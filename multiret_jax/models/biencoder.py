@@ -65,7 +65,8 @@ class BiEncoder:
         if self.stacked:
             n = len(self.tower_names)
             q = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), q)
-        return {"query": q, "passage": encoder_params}
+        # Separate buffers per tower (the train step donates its state).
+        return {"query": q, "passage": jax.tree_util.tree_map(jnp.array, encoder_params)}
 
     def init(self, rng: jax.Array, seq_len: int = 8) -> Params:
         """Randomly initialised parameters (unboxed arrays) in this layout."""

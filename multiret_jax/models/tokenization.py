@@ -56,6 +56,38 @@ class Tokenization:
                 break
         return cls(tok, pad_id)
 
+    @classmethod
+    def train_wordlevel(cls, texts: Sequence[str], vocab_size: int) -> "Tokenization":
+        """A deterministic BERT-style (uncased, [CLS] ... [SEP]) word-level vocabulary of the
+        ``vocab_size`` most frequent words of ``texts`` (ties by word), for tiny random-init
+        models on a machine without a pretrained vocabulary (e.g. the mini-KILT).
+        (``tokenizers``' WordPiece trainer breaks ties differently from run to run, so a
+        resumed run could get another vocabulary; this one cannot.)"""
+        from collections import Counter
+
+        from tokenizers import models, normalizers, pre_tokenizers, processors
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        norm = normalizers.BertNormalizer(lowercase=True)
+        pre = pre_tokenizers.BertPreTokenizer()
+        counts: Counter = Counter()
+        for t in texts:
+            counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+        words = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        vocab = {w: i for i, w in enumerate(specials)}
+        for w, _ in words[:max(0, vocab_size - len(specials))]:
+            vocab.setdefault(w, len(vocab))
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer = norm, pre
+        tok.add_special_tokens(specials)  # "[SEP]" in "NQ [SEP] query" is the special token
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        return cls(tok, vocab["[PAD]"])
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
