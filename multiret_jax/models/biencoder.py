@@ -77,11 +77,13 @@ class BiEncoder:
         leading "towers" axis); feed to ``partitioning.logical_shardings``."""
         boxed = jax.eval_shape(lambda r: self.init_encoder(r, seq_len), jax.random.PRNGKey(0))
         spec = nn.get_partition_spec(boxed)["params"]
-        out = self.layout(spec) if not self.stacked else {
-            "query": jax.tree_util.tree_map(lambda s: P("towers", *s), spec,
-                                            is_leaf=lambda x: isinstance(x, P)),
-            "passage": spec}
-        return out
+        if self.shared:
+            return {"shared": spec}
+        query = spec
+        if self.stacked:
+            query = jax.tree_util.tree_map(lambda s: P("towers", *s), spec,
+                                           is_leaf=lambda x: isinstance(x, P))
+        return {"query": query, "passage": spec}
 
     # -- towers
     def tower_index(self, task: Task) -> int:
