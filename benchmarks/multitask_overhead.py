@@ -32,7 +32,6 @@ import numpy as np
 import optax
 
 from multiret_jax import multitask
-from multiret_jax.multitask.taco import _task_sum
 
 D, FF, VOCAB, LAYERS = 768, 3072, 32128, 12
 
@@ -69,14 +68,6 @@ def random_tree(shapes, key, lead=()):
 def nbytes(tree):
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                for x in jax.tree_util.tree_leaves(tree))
-
-
-def unrolled_mean():
-    """Reference: the naive mean written as an unrolled sum over K (one fused pass; XLA CPU
-    runs ``base.weighted_sum``'s axis-0 ``jnp.sum`` several times slower)."""
-    def update(g, state, params=None):
-        return jax.tree_util.tree_map(lambda x: _task_sum(x) / x.shape[0], g), state
-    return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
 
 
 def time_update(tx, grads, params, repeats):
@@ -120,8 +111,8 @@ def bench_update(args):
               f"({nbytes(st)} bytes; EMA = K x params x 4 B)")
 
     results = {}
-    for layers, methods in ((args.layers, ("naive", "naive_unrolled", "exact", "approx")),
-                            (args.sort_layers, ("naive", "naive_unrolled", "sort", "exact"))):
+    for layers, methods in ((args.layers, ("naive", "exact", "approx")),
+                            (args.sort_layers, ("naive", "sort", "exact"))):
         if layers <= 0:
             continue
         shapes = t5_base_shapes(layers, round(VOCAB * layers / LAYERS))
@@ -132,16 +123,13 @@ def bench_update(args):
         print(f"-- timed tree: {layers}/{LAYERS} layers per stack, vocab "
               f"{round(VOCAB * layers / LAYERS)}: {n / 1e6:.1f}M params "
               f"({frac:.3f} of T5-base)")
-        base = unrolled = None
+        base = None
         for m in methods:
-            tx = (multitask.naive() if m == "naive" else unrolled_mean() if m == "naive_unrolled"
-                  else multitask.taco(num_tasks=k, median=m))
+            tx = multitask.naive() if m == "naive" else multitask.taco(num_tasks=k, median=m)
             t = time_update(tx, grads, params, args.repeats)
             base = t if m == "naive" else base
-            unrolled = t if m == "naive_unrolled" else unrolled
             results[(layers, m)] = t
-            vs = f"{t / base:6.2f}x naive" + (f", {t / unrolled:6.1f}x unrolled" if unrolled else "")
-            print(f"{m:>14}: {t:8.3f} s  ({vs})  extrapolated to T5-base: {t / frac:8.2f} s  "
+            print(f"{m:>14}: {t:8.3f} s  ({t / base:6.2f}x naive)  extrapolated to T5-base: {t / frac:8.2f} s  "
                   f" peak RSS so far {peak_rss_gb():.1f} GiB")
         del params, grads
     return results
