@@ -90,7 +90,9 @@ def encode_texts(encode_fn: Callable[[Any, Any], Any], tokenizer: Tokenization,
 _JITTED: "weakref.WeakKeyDictionary[BiEncoder, Dict[str, Callable]]" = weakref.WeakKeyDictionary()
 
 
-def _jitted(model: BiEncoder) -> Dict[str, Callable]:
+def jitted_encoders(model: BiEncoder) -> Dict[str, Callable]:
+    """``{"passage": (params, ids, mask) -> emb, "query": (params, tower, ids, mask) -> emb}``,
+    jitted once per model."""
     if model not in _JITTED:
         ref = weakref.ref(model)  # no strong reference from the cache value to its key
         _JITTED[model] = {
@@ -98,6 +100,15 @@ def _jitted(model: BiEncoder) -> Dict[str, Callable]:
             "query": jax.jit(lambda p, t, i, m: ref().encode_queries(p, i, m, tower=t)),
         }
     return _JITTED[model]
+
+
+def encode_passages_of(model: BiEncoder, params: Any, tokenizer: Tokenization,
+                       table: PassageTable, passage_len: int = 128, batch_size: int = 64,
+                       progress: bool = True) -> np.ndarray:
+    """Float32 [P, D] embeddings of every passage of ``table`` (title + text), in row order."""
+    return encode_texts(functools.partial(jitted_encoders(model)["passage"], params), tokenizer,
+                        table.contents(), passage_len, batch_size, desc="passages",
+                        progress=progress)
 
 
 def page_ranking(rows: np.ndarray, table: PassageTable) -> list:
@@ -127,11 +138,10 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
       ``{"tasks": {task: {"page_rprec", "passage_rprec" (None without passage gold),
       "recall@5", "num_queries", "passage_queries"}}, "avg_page_rprec", "passage_emb"}``.
     """
-    fns = _jitted(model)
+    fns = jitted_encoders(model)
     if passage_emb is None:
-        passage_emb = encode_texts(functools.partial(fns["passage"], params), tokenizer,
-                                   table.contents(), passage_len, batch_size,
-                                   desc="passages", progress=progress)
+        passage_emb = encode_passages_of(model, params, tokenizer, table, passage_len,
+                                         batch_size, progress)
     elif len(passage_emb) != len(table):
         raise ValueError(f"{len(passage_emb)} passage embeddings for {len(table)} passages")
     out: Dict[str, Any] = {"tasks": {}}
@@ -148,19 +158,7 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
                          desc=f"{task.name} queries",
                          progress=progress)
         rows, _ = exact_search(q, passage_emb, k)
-        page_r, rec5, pass_r = [], [], []
-        for rec, ranked in zip(records, rows):
-            gold_pages = [[p.wikipedia_id for p in s] for s in rec.provenance_sets()]
-            m = record_metrics(page_ranking(ranked, table), gold_pages, ks=(1, 5))
-            page_r.append(m["Rprec"])
-            rec5.append(m["recall@5"])
-            gold = passage_gold_ids(rec, table)
-            if gold:
-                pass_r.append(record_metrics([table.ids[int(i)] for i in ranked], gold, ks=(1,))["Rprec"])
-        res = {"page_rprec": float(np.mean(page_r)),
-               "passage_rprec": float(np.mean(pass_r)) if pass_r else None,
-               "recall@5": float(np.mean(rec5)), "num_queries": len(records),
-               "passage_queries": len(pass_r)}
+        res = ranking_metrics(records, rows, table)
         out["tasks"][task.name] = res
         log.info("validation %s: page R-prec %.4f, passage R-prec %s, page recall@5 %.4f (%d queries)",
                  task.name, res["page_rprec"],
@@ -171,6 +169,29 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
     out["passage_emb"] = passage_emb
     log.info("validation: average page R-prec %.4f over %d tasks", out["avg_page_rprec"], len(per_task))
     return out
+
+
+def ranking_metrics(records: Sequence[KiltRecord], rows: np.ndarray,
+                    table: PassageTable) -> Dict[str, Any]:
+    """Page / passage R-precision and page recall@5 of passage rankings ``rows`` [Q, k].
+
+    Returns:
+      ``{"page_rprec", "passage_rprec" (None without passage gold), "recall@5",
+      "num_queries", "passage_queries"}``.
+    """
+    page_r, rec5, pass_r = [], [], []
+    for rec, ranked in zip(records, rows):
+        gold_pages = [[p.wikipedia_id for p in s] for s in rec.provenance_sets()]
+        m = record_metrics(page_ranking(ranked, table), gold_pages, ks=(1, 5))
+        page_r.append(m["Rprec"])
+        rec5.append(m["recall@5"])
+        gold = passage_gold_ids(rec, table)
+        if gold:
+            pass_r.append(record_metrics([table.ids[int(i)] for i in ranked], gold, ks=(1,))["Rprec"])
+    return {"page_rprec": float(np.mean(page_r)),
+            "passage_rprec": float(np.mean(pass_r)) if pass_r else None,
+            "recall@5": float(np.mean(rec5)), "num_queries": len(records),
+            "passage_queries": len(pass_r)}
 
 
 class BestCheckpoint:

@@ -116,7 +116,8 @@ def _passage_texts(table: PassageTable, rows: Sequence[int]) -> List[str]:
 def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[str, TaskData],
                      tokenizer: Tokenization, table: PassageTable, passage_len: int,
                      num_negatives: int, marker: str = "prefix", *,
-                     rng: np.random.Generator, query_len: Optional[int] = None) -> StepBatch:
+                     rng: np.random.Generator, query_len: Optional[int] = None,
+                     row_multiple: int = 1) -> StepBatch:
     """Stacks one step's per-task sub-batches into equal-shape arrays (see module doc).
 
     Args:
@@ -131,6 +132,8 @@ def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[
       rng: seeded generator choosing one positive per example.
       query_len: common query length; default the largest task query length.  Tasks
         with a longer max length are truncated to it (keeping the closing [SEP]).
+      row_multiple: pad the per-task rows ``B`` up to a multiple of this (e.g. the
+        number of data-parallel devices, so the rows split evenly across them).
     Returns:
       A ``StepBatch``.
     Raises:
@@ -160,6 +163,9 @@ def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[
         raise ValueError(f"query_len must be > 0, got {query_len}")
     k, h, lp = len(names), int(num_negatives), int(passage_len)
     b = max(max(idx[t].size for t in names), 1)
+    if row_multiple < 1:
+        raise ValueError(f"row_multiple must be >= 1, got {row_multiple}")
+    b = -(-b // row_multiple) * row_multiple
     pad = tokenizer.pad_id
 
     query_ids = np.full((k, b, lq), pad, np.int32)

@@ -47,17 +47,25 @@ def get_method(name: str, **kwargs) -> optax.GradientTransformationExtraArgs:
 
 @gin.configurable("multitask")
 def build_method(method: str = "naive", num_tasks: Optional[int] = None,
-                 options: Optional[Dict[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
+                 options: Optional[Dict[str, Any]] = None,
+                 total_steps: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
     """Gin entry point: ``multitask.method = "taco"``, ``multitask.options = {"tau": 2.0}``.
 
     Args:
       method: a registered name (naive, taco, pcgrad, cgd, gradnorm).
       num_tasks: K, passed to every method (TACO/CGD/GradNorm size their state with it).
-      options: keyword arguments of that method's constructor.
+      options: keyword arguments of that method's constructor; ``burn_in_fraction`` (e.g.
+        TACO's 10%) becomes ``burn_in_steps = round(fraction * total_steps)``.
+      total_steps: the run's length (the trainer passes it).
     Returns:
       The multitask transform.
     """
-    return get_method(method, num_tasks=num_tasks, **dict(options or {}))
+    opts = dict(options or {})
+    if "burn_in_fraction" in opts:
+        if total_steps is None:
+            raise ValueError(f"multitask.options burn_in_fraction needs total_steps ({method})")
+        opts["burn_in_steps"] = int(round(float(opts.pop("burn_in_fraction")) * total_steps))
+    return get_method(method, num_tasks=num_tasks, **opts)
 
 
 def num_tasks(stacked: Any) -> int:

@@ -1,0 +1,124 @@
+"""ANCE episodes (Xiong et al. 2021; TACO's training schedule): after BM25 warm-up, each
+episode re-encodes the training corpus with the current model, mines hard negatives with
+``index.mine.mine_negatives`` (top-ranked passages that are not gold and not on a gold
+page) and training continues on them.
+
+``EpisodePlan`` says which step starts which episode; ``mine_episode`` does the mining for
+all tasks; ``save_negatives`` / ``load_negatives`` keep each episode's negatives in
+``<model_dir>/ance/episode_<e>.npz`` (numpy, no pickle) so a resumed run trains on the very
+negatives it mined before the interruption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any, Dict, Mapping, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from multiret_jax.data.batching import TaskData
+from multiret_jax.data.passages import PassageTable
+from multiret_jax.index.mine import mine_negatives
+from multiret_jax.models.biencoder import BiEncoder
+from multiret_jax.models.tokenization import Tokenization
+from multiret_jax.validation import encode_passages_of, encode_texts, jitted_encoders
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodePlan:
+    """``warmup_steps`` with BM25 negatives, then ``episodes`` x ``episode_steps``."""
+
+    warmup_steps: int
+    episodes: int = 0
+    episode_steps: int = 0
+
+    def __post_init__(self):
+        if self.episodes < 0 or (self.episodes and self.episode_steps <= 0):
+            raise ValueError(f"ANCE: episodes={self.episodes} needs episode_steps > 0, "
+                             f"got {self.episode_steps}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.episodes * self.episode_steps
+
+    def start(self, episode: int) -> int:
+        """First step of ``episode`` (1-based)."""
+        return self.warmup_steps + (episode - 1) * self.episode_steps
+
+    def episode_at(self, step: int) -> int:
+        """Episode that ``step`` belongs to (0 = BM25 warm-up)."""
+        if step < self.warmup_steps or not self.episodes:
+            return 0
+        return min(self.episodes, 1 + (step - self.warmup_steps) // self.episode_steps)
+
+
+def mine_episode(model: BiEncoder, params: Any, tokenizer: Tokenization, table: PassageTable,
+                 data: Mapping[str, TaskData], *, num: int, depth: int = 100,
+                 passage_len: int = 128, query_len: Optional[int] = None,
+                 marker: str = "prefix", sample: bool = False, seed: int = 0,
+                 batch_size: int = 64, passage_emb: Optional[np.ndarray] = None,
+                 progress: bool = True) -> Dict[str, np.ndarray]:
+    """Dense hard negatives for every task's training examples with ``params``.
+
+    Args:
+      model, params, tokenizer: the current bi-encoder.
+      table: the training corpus (every passage is a candidate).
+      data: ``{task: TaskData}``; the examples' positives and gold pages are excluded.
+      num: negatives kept per query; depth: ranking depth searched.
+      passage_len, query_len, marker: as in training.
+      sample: sample ``num`` of the allowed top-``depth`` (ANCE) instead of the best.
+      seed: RNG seed of the sampling.
+      passage_emb: precomputed [P, D] corpus embeddings of ``params`` (skips encoding).
+    Returns:
+      ``{task: int64 [N_k, num]}`` passage rows, -1 padded.
+    """
+    if passage_emb is None:
+        passage_emb = encode_passages_of(model, params, tokenizer, table, passage_len,
+                                         batch_size, progress=progress)
+    fns = jitted_encoders(model)
+    out = {}
+    for i, (name, d) in enumerate(data.items()):
+        tower = jnp.asarray(model.tower_index(d.task), jnp.int32)
+        q = encode_texts(functools.partial(fns["query"], params, tower), tokenizer,
+                         [d.task.format_query(e.query, marker) for e in d.examples],
+                         min(d.task.max_query_len, query_len or d.task.max_query_len),
+                         batch_size, desc=f"{name} train queries", progress=progress)
+        out[name] = mine_negatives(q, passage_emb, [np.asarray(e.positives) for e in d.examples],
+                                   table.page_ids, num, depth=depth,
+                                   gold_pages=[list(e.gold_pages) for e in d.examples],
+                                   sample=sample, rng=np.random.default_rng([seed, i]))
+        found = float(np.mean(out[name] >= 0)) if out[name].size else 0.0
+        log.info("ANCE: task %s: %d queries, %.1f%% of %d negative slots filled",
+                 name, len(d.examples), 100 * found, num)
+    return out
+
+
+def negatives_path(model_dir: str, episode: int) -> str:
+    return os.path.join(model_dir, "ance", f"episode_{episode}.npz")
+
+
+def save_negatives(path: str, negatives: Mapping[str, np.ndarray]) -> None:
+    """Writes ``{task: rows}`` atomically (tmp file + rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v, np.int64) for k, v in negatives.items()})
+    os.replace(tmp, path)
+
+
+def load_negatives(path: str, data: Mapping[str, TaskData]) -> Dict[str, np.ndarray]:
+    """Reads an episode's negatives; errors name the file when tasks or sizes differ."""
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    for name, d in data.items():
+        if name not in out:
+            raise ValueError(f"{path}: no negatives for task {name!r} (has {sorted(out)})")
+        if out[name].shape[0] != len(d.examples):
+            raise ValueError(f"{path}: task {name!r} has {out[name].shape[0]} rows of negatives "
+                             f"for {len(d.examples)} training examples (another data set?)")
+    return out

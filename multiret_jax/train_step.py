@@ -1,0 +1,202 @@
+r"""The pure multi-task train step: per-task NCE gradients -> multitask transform -> AdamW.
+
+``make_train_step`` returns ``step(state, batch) -> (state, task_losses)``, jitted with
+the train state donated.  The batch is ``StepBatch.arrays()`` (leading task axis ``K``).
+
+Per-task gradients, two paths behind the same interface (``per_task``):
+
+* ``"vmap"`` (default): ``jax.vmap(jax.value_and_grad(task_loss))`` over the K stacked,
+  equally padded sub-batches.  One traced loss, one fused program.
+* ``"unrolled"``: a Python loop over tasks, each on its own rows ``B_k`` and its own
+  query length (the padding the stacked layout needs is sliced away first), so no FLOPs
+  go to padding; K copies of the loss in the program (longer compile).  Sizes per task
+  are constant across steps (mixing sizes and task query lengths are fixed), so it
+  compiles once.  ``benchmarks/train_step.py`` measures both; see ``DEFAULT_PER_TASK``.
+
+Data parallelism (jit + ``Mesh`` + ``NamedSharding``): with a ``mesh``, the rows axis of
+every batch array is sharded on ``"data"`` and the train state is placed by
+``state_shardings`` (replicated by default; parameters may follow the logical axis rules
+onto ``"model"``).  The loss is written for the *global* batch: a task's queries are
+scored against all of that task's passages on all devices (XLA inserts the all-gather),
+so every device's passages are negatives for every query, as in DPR / TACO, and the
+gradients equal the single-device ones.
+
+Non-finite steps (NaN / inf loss or update) keep the previous parameters and optimizer
+state and increment ``state["skipped"]``.
+
+With ``grad_cache_chunk`` the per-task loss and gradients are computed with the gradient
+cache (``gradcache.cached_value_and_grad``): same values, activation memory of one chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from multiret_jax import losses
+from multiret_jax.gradcache import cached_value_and_grad
+from multiret_jax.models.biencoder import BiEncoder
+
+# Measured on 2 CPU cores with the tiny BERT on the 8-task mini-KILT (see module doc of
+# benchmarks/train_step.py): vmap is the default; "unrolled" stays available.
+DEFAULT_PER_TASK = "vmap"
+PER_TASK_PATHS = ("vmap", "unrolled")
+
+State = Dict[str, Any]
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation, seed: int = 0) -> State:
+    """The train state: params, optimizer state, step, dropout RNG, skipped-step count."""
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros([], jnp.int32),
+            "rng": jax.random.PRNGKey(seed), "skipped": jnp.zeros([], jnp.int32)}
+
+
+def state_shardings(state: State, mesh: Mesh, param_shardings: Any = None) -> Any:
+    """NamedShardings for ``state``: everything replicated, except that parameters (and
+    the optimizer leaves shaped like them) follow ``param_shardings`` when given."""
+    rep = NamedSharding(mesh, P())
+    out = jax.tree_util.tree_map(lambda _: rep, state)
+    if param_shardings is None:
+        return out
+    by_shape = {}
+    for leaf, sh in zip(jax.tree_util.tree_leaves(state["params"]),
+                        jax.tree_util.tree_leaves(param_shardings)):
+        by_shape.setdefault(tuple(np.shape(leaf)), sh)
+    out["params"] = param_shardings
+    out["opt_state"] = jax.tree_util.tree_map(
+        lambda x: by_shape.get(tuple(np.shape(x)), rep), state["opt_state"])
+    return out
+
+
+def batch_shardings(batch: Dict[str, Any], mesh: Mesh) -> Dict[str, NamedSharding]:
+    """Rows (axis 1 of ``[K, B, ...]``) on "data"; per-task vectors replicated."""
+    return {k: NamedSharding(mesh, P(None, "data") if np.ndim(v) >= 2 else P())
+            for k, v in batch.items()}
+
+
+def put_batch(batch: Dict[str, np.ndarray], shardings: Optional[Dict[str, NamedSharding]]):
+    """Places a host batch (the same global batch on every process) on the mesh."""
+    if shardings is None:
+        return batch
+    return {k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda i, v=v: v[i])
+            for k, v in batch.items()}
+
+
+def _split(tb: Dict[str, Any], rows: int, qlen: int) -> Dict[str, Any]:
+    out = {k: v[:rows] for k, v in tb.items() if k != "task_counts"}
+    out["query_ids"] = out["query_ids"][:, :qlen]
+    out["query_mask_tokens"] = out["query_mask_tokens"][:, :qlen]
+    return out
+
+
+def make_task_loss(model: BiEncoder, temperature: float = 1.0,
+                   grad_cache_chunk: Optional[int] = None) -> Callable:
+    """``(params, task_batch, tower, rng) -> (loss, grads)`` for one task's sub-batch."""
+
+    def embedding_loss(tb, q, cands):
+        b, h = tb["negative_mask"].shape
+        return losses.nce_loss(q, cands[:b], cands[b:].reshape(b, h, -1), tb["query_mask"],
+                               tb["negative_mask"], tb["positive_rows"], tb["negative_rows"],
+                               temperature=temperature)
+
+    def passage_inputs(tb):
+        b, h, lp = tb["neg_ids"].shape
+        return (jnp.concatenate([tb["pos_ids"], tb["neg_ids"].reshape(b * h, lp)]),
+                jnp.concatenate([tb["pos_mask"], tb["neg_mask"].reshape(b * h, lp)]))
+
+    def loss(params, tb, tower, rng):
+        rq, rp = jax.random.split(rng)
+        q = model.encode_queries(params, tb["query_ids"], tb["query_mask_tokens"], tower=tower,
+                                 deterministic=False, rngs={"dropout": rq})
+        cands = model.encode_passages(params, *passage_inputs(tb), deterministic=False,
+                                      rngs={"dropout": rp})
+        return embedding_loss(tb, q, cands)
+
+    if grad_cache_chunk is None:
+        return jax.value_and_grad(loss)
+
+    def cached(params, tb, tower, rng):
+        enc_q = lambda p, x, r: model.encode_queries(p, *x, tower=tower, deterministic=False,
+                                                     rngs={"dropout": r})
+        enc_p = lambda p, x, r: model.encode_passages(p, *x, deterministic=False,
+                                                      rngs={"dropout": r})
+        return cached_value_and_grad(
+            lambda q, c: embedding_loss(tb, q, c), enc_q, enc_p, params,
+            (tb["query_ids"], tb["query_mask_tokens"]), passage_inputs(tb), grad_cache_chunk, rng)
+
+    return cached
+
+
+def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
+                    towers: jnp.ndarray, *, mesh: Optional[Mesh] = None,
+                    state_sharding: Any = None, batch_sharding: Any = None,
+                    temperature: float = 1.0, per_task: str = DEFAULT_PER_TASK,
+                    grad_cache_chunk: Optional[int] = None,
+                    task_shapes: Optional[Any] = None) -> Callable:
+    """The jitted train step.
+
+    Args:
+      model: the bi-encoder.
+      tx: the optimizer chain; its first element is a multitask transform taking stacked
+        per-task gradients (``task_losses`` / ``task_counts`` extra args).
+      towers: int32 [K] query-tower index per task (all 0 without task-specific towers).
+      mesh: device mesh; with it, ``state_sharding`` / ``batch_sharding`` (from
+        ``state_shardings`` / ``batch_shardings``) pin the jit's in/out shardings.
+      temperature: NCE logits are divided by it.
+      per_task: ``"vmap"`` or ``"unrolled"`` (module doc).
+      grad_cache_chunk: rows per gradient-cache chunk (must divide the padded rows of
+        every task); None computes the loss in one pass.
+      task_shapes: for ``"unrolled"``, per task ``(rows, query_len)`` to slice to.
+    Returns:
+      ``step(state, batch) -> (new_state, task_losses [K])`` with the state donated.
+    """
+    if per_task not in PER_TASK_PATHS:
+        raise ValueError(f"unknown per_task path {per_task!r}; known: {PER_TASK_PATHS}")
+    if per_task == "unrolled" and task_shapes is None:
+        raise ValueError("per_task='unrolled' needs task_shapes [(rows, query_len)] per task")
+    value_and_grad = make_task_loss(model, temperature, grad_cache_chunk)
+
+    def per_task_grads(params, batch, rng):
+        if per_task == "vmap":
+            return jax.vmap(value_and_grad, in_axes=(None, 0, 0, None))(params, batch, towers, rng)
+        outs = []
+        for k, (rows, qlen) in enumerate(task_shapes):
+            tb = _split(jax.tree_util.tree_map(lambda x: x[k], batch), rows, qlen)
+            outs.append(value_and_grad(params, tb, towers[k], rng))
+        return (jnp.stack([o[0] for o in outs]),
+                jax.tree_util.tree_map(lambda *g: jnp.stack(g), *[o[1] for o in outs]))
+
+    def step(state, batch):
+        rng, sub = jax.random.split(state["rng"])
+        task_losses, grads = per_task_grads(state["params"], batch, sub)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"],
+                                       task_losses=task_losses, task_counts=batch["task_counts"])
+        finite = jnp.all(jnp.isfinite(task_losses))
+        for u in jax.tree_util.tree_leaves(updates):
+            finite &= jnp.all(jnp.isfinite(u))
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b),
+                                                       new, old)
+        new = {"params": keep(optax.apply_updates(state["params"], updates), state["params"]),
+               "opt_state": keep(opt_state, state["opt_state"]), "step": state["step"] + 1,
+               "rng": rng, "skipped": state["skipped"] + (~finite).astype(jnp.int32)}
+        return new, task_losses
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0,))
+    rep = NamedSharding(mesh, P())
+    return jax.jit(step, donate_argnums=(0,), in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, rep))
+
+
+def task_shapes_of(batch: Dict[str, np.ndarray], task_query_lens: np.ndarray,
+                   row_multiple: int = 1) -> tuple:
+    """Per task ``(rows, query_len)`` for the unrolled path: its real rows rounded up to
+    ``row_multiple`` (the data-parallel size) and its own query length."""
+    counts = np.asarray(batch["task_counts"])
+    return tuple((int(-(-max(int(c), 1) // row_multiple) * row_multiple), int(q))
+                 for c, q in zip(counts, task_query_lens))
