@@ -26,8 +26,9 @@ duplicate passage ids, so no candidate is masked).
 
 Threads: ``torch.set_num_threads(threads)``; XLA_FLAGS gets
 ``--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=N`` before jax is
-imported (XLA CPU otherwise sizes its pool by the usable cores; ``--cores=N`` pins the whole
-process to N cores so both sides get the same ones). Both are printed.
+imported. XLA's flag parser ignores the second token (no ``--``), so XLA CPU sizes its pool
+by the usable cores; ``--cores=N`` pins the whole process to N cores and is what caps both
+sides alike (default threads = 2 = the cores of the reference machine). Both are printed.
 
 Timing: compilation / warm-up steps excluded, ``jax.block_until_ready`` on the state; each
 repeat times ``--steps`` steps of every side, the sides interleaved so they see the same
@@ -118,7 +119,7 @@ def main() -> None:
     p.add_argument("--negatives", type=int, default=1, help="H hard negatives per query")
     p.add_argument("--query_len", type=int, default=32)
     p.add_argument("--passage_len", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2, help="torch threads and XLA intra-op threads")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (XLA: see --cores)")
     p.add_argument("--cores", type=int, default=None,
                    help="pin the process (XLA's and torch's threads) to the first N cores")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
@@ -132,6 +133,9 @@ def main() -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
                                f"intra_op_parallelism_threads={args.threads}").strip()
     directory = minilm_dir(args.minilm_dir)
+    if args.threads != len(os.sched_getaffinity(0)):
+        print(f"note: --threads={args.threads} but {len(os.sched_getaffinity(0))} usable cores; "
+              "XLA uses all of them (pass --cores to pin both sides)")
 
     import jax
     import jax.numpy as jnp
@@ -161,10 +165,9 @@ def main() -> None:
           f"  step: {source}")
     print(f"MiniLM-L6 shared tower, mean pooling, {n_params / 1e6:.1f}M params, dropout "
           f"{cfg.dropout_rate}/{cfg.attention_dropout_rate} (hidden/attention) on both sides; "
-          f"K={k} tasks x B={b} queries, H={h} hard negatives, Lq={lq}, Lp={lp}")
+          f"K={k} tasks x B={b} queries, H={h} hard negatives, Lq={lq}, Lp={lp}", flush=True)
 
-    # -- ours: one jitted step per (per-task path, multitask method), each with its own
-    # (donated) state.
+    # -- ours: a jitted step per (per-task path, multitask method), each with its own state.
     towers = jnp.zeros((k,), jnp.int32)
     paths = args.per_task.split(",")
     if source.endswith("(make_train_step)") and paths != ["vmap"]:
@@ -182,10 +185,11 @@ def main() -> None:
             state = {"s": init_train_state(jax.tree_util.tree_map(jnp.array, params), tx, 0)}
 
             def run(n, fn=fn, state=state):
+                losses = []
                 for _ in range(n):
                     state["s"], losses = fn(state["s"], jbatch)
                 jax.block_until_ready(state["s"])
-                return float(jnp.mean(losses))
+                return float(jnp.mean(jnp.asarray(losses)))
 
             side = f"ours-{name}" + ("" if path == "vmap" else f"-{path}")
             t = time.perf_counter()
@@ -222,20 +226,13 @@ def main() -> None:
         opt.step()
         return float(loss.detach())
 
-    def run_torch(n):
-        for _ in range(n):
-            loss = torch_step()
-        return loss
-
     t = time.perf_counter()
-    first = run_torch(1)
+    first = torch_step()
     print(f"torch ({tmodel.config._attn_implementation} attention): first step "
           f"{time.perf_counter() - t:.1f} s, first-step mean task loss {first:.4f}", flush=True)
-    sides["torch"] = run_torch
-
+    sides["torch"] = lambda n: [torch_step() for _ in range(n)]
     for run in sides.values():  # warm-up
-        if args.warmup:
-            run(args.warmup)
+        run(args.warmup)
     times = {name: [] for name in sides}
     for _ in range(args.repeats):  # interleaved so the sides see the same background load
         for name, run in sides.items():
@@ -244,10 +241,10 @@ def main() -> None:
             times[name].append((time.perf_counter() - t) / args.steps)
     med = {name: statistics.median(ts) for name, ts in times.items()}
 
-    queries = k * b
-    print(f"\n{'side':>11} {'median s/step':>13} {'min':>7} {'max':>7} {'queries/s':>9}")
+    queries = k * b  # examples per step
+    print(f"\n{'side':>19} {'median s/step':>13} {'min':>7} {'max':>7} {'queries/s':>9}")
     for name, ts in times.items():
-        print(f"{name:>11} {med[name]:>13.3f} {min(ts):>7.3f} {max(ts):>7.3f} "
+        print(f"{name:>19} {med[name]:>13.3f} {min(ts):>7.3f} {max(ts):>7.3f} "
               f"{queries / med[name]:>9.2f}")
     for path in paths:
         sfx = "" if path == "vmap" else f"-{path}"

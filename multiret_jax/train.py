@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import random
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import gin
 import jax
@@ -48,7 +48,7 @@ from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.mixing import MixingSampler
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import training_examples
-from multiret_jax.data.tasks import Task
+from multiret_jax.data.tasks import Task, get_task
 from multiret_jax.evaluate import benchmark_tasks
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
 from multiret_jax.models.encoders import build_biencoder
@@ -89,7 +89,10 @@ def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm
 
 
 def _tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Optional[str],
-               table: PassageTable, vocab_size: int) -> Tokenization:
+               vocab_texts: Callable[[], Sequence[str]], vocab_size: int) -> Tokenization:
+    """The checkpoint's / given vocabulary, else a word-level one built from the passages and
+    the formatted training queries (queries word their questions differently from the
+    passages; a passage-only vocabulary would map those words to [UNK]), kept in model_dir."""
     own = os.path.join(model_dir, "tokenizer")
     for d in (tokenizer_dir, checkpoint_dir):
         if d and any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
@@ -99,7 +102,7 @@ def _tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Opt
                                 "or vocab.txt")
     if os.path.exists(os.path.join(own, "tokenizer.json")):  # resuming: the same vocabulary
         return Tokenization.from_dir(own)
-    tok = Tokenization.train_wordlevel(table.contents(), vocab_size)
+    tok = Tokenization.train_wordlevel(vocab_texts(), vocab_size)
     if jax.process_index() == 0:
         tok.save(own)
     return tok
@@ -134,7 +137,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           steps: int = 200, global_batch: int = 64, mixing_c: float = 4.0,
           learning_rate: float = 5e-5, warmup_fraction: float = 0.1, weight_decay: float = 0.01,
           clip_norm: float = 1.0, num_negatives: int = 1, temperature: float = 1.0,
-          passage_len: int = 128, chunk_mode: str = "page", marker: str = "prefix", min_bleu: Optional[float] = 0.5,
+          passage_len: int = 128, eval_passage_len: Optional[int] = None,
+          chunk_mode: str = "page", marker: str = "prefix", min_bleu: Optional[float] = 0.5,
           query_len: Optional[int] = None, tokenizer_dir: Optional[str] = None,
           init_from: Optional[str] = None, ance_episodes: int = 0, ance_episode_steps: int = 0,
           ance_depth: int = 100, ance_sample: bool = True, reset_multitask_state: bool = False,
@@ -160,6 +164,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       num_negatives: hard negatives per query (1: MT-DPR, 2: TACO).
       temperature: NCE logits divided by it (1: DPR dot product; 0.05 for unit vectors).
       passage_len, query_len, marker, min_bleu: input lengths, query marker, provenance filter.
+      eval_passage_len: passage length in validation and ANCE mining (default passage_len).
       chunk_mode: 100-word passages per "page" (DPR) or per "paragraph" (``passages.py``).
       tokenizer_dir: vocabulary directory (default: the checkpoint directory's, else built).
       init_from: a previous ``model_dir`` (or its ``final_params.safetensors``) to start
@@ -189,7 +194,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         data_dir = os.path.join(model_dir, "minikilt")
         if main_process:
             minikilt.generate(data_dir, scale=minikilt_scale, seed=seed)
-    task_list = [t for t in benchmark_tasks(data_dir, "train", tasks) if t.name not in exclude_tasks]
+    excluded = {get_task(n).name for n in exclude_tasks}  # unknown names fail, listing known
+    task_list = [t for t in benchmark_tasks(data_dir, "train", tasks) if t.name not in excluded]
     if not task_list:
         raise ValueError(f"no tasks left to train on (tasks={tasks}, exclude_tasks={exclude_tasks})")
     table = PassageTable.from_pages(kilt.iter_knowledge_source(
@@ -197,15 +203,17 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     model, params, cfg = build_biencoder()
     if init_from:
         params = load_params_into(init_from, params)
-    tokenizer = _tokenizer(model_dir, tokenizer_dir, _gin_value("build_biencoder.checkpoint_dir"),
-                           table, cfg.vocab_size)
+    eval_passage_len = eval_passage_len or passage_len
     max_pos = getattr(cfg, "max_position_embeddings", None)
     if max_pos is not None:  # absolute positions cap every length (e.g. tiny BERT: 128)
-        passage_len = min(passage_len, max_pos)
+        passage_len, eval_passage_len = min(passage_len, max_pos), min(eval_passage_len, max_pos)
         query_len = min(query_len or max_pos, max_pos)
     bm25 = BM25Retriever().index(table, show_progress=False)
     data = load_task_data(data_dir, table, task_list, bm25, num_negatives, min_bleu,
                           max_examples, seed)
+    vocab_texts = lambda: table.contents() + [d.task.format_query(e.query, marker)
+                                              for d in data.values() for e in d.examples]
+    tokenizer = _tokenizer(model_dir, tokenizer_dir, model.source_dir, vocab_texts, cfg.vocab_size)
     plan = ance.EpisodePlan(steps, ance_episodes, ance_episode_steps)
     total = plan.total_steps
     sampler = MixingSampler({t: len(d.examples) for t, d in data.items()}, global_batch,
@@ -247,7 +255,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     dev = {t.name: kilt.read_task_file(os.path.join(data_dir, t.filename("dev")))
            for t in benchmark_tasks(data_dir, "dev", val_names)}
     logger = ScalarLogger(os.path.join(model_dir, "tb")) if main_process else None
-    mine_kw = dict(passage_len=passage_len, query_len=query_len, marker=marker,
+    mine_kw = dict(passage_len=eval_passage_len, query_len=query_len, marker=marker,
                    batch_size=eval_batch_size, depth=ance_depth, sample=ance_sample)
 
     def use_episode(episode, params_now):
@@ -267,13 +275,14 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         use_episode(plan.episode_at(start), state["params"])  # resumed inside an episode
     result, initial = None, None
     if eval_at_start and start == 0:
-        initial = validate(model, state["params"], tokenizer, table, dev, passage_len, marker,
+        initial = validate(model, state["params"], tokenizer, table, dev, eval_passage_len, marker,
                            progress=main_process, query_len=query_len, batch_size=eval_batch_size)
         log.info("initial model: val avg page R-prec %.4f", initial["avg_page_rprec"])
     end = total if halt_after is None else min(total, halt_after)
     ckpt_every = checkpoint_every or eval_every
+    last_skipped = int(state["skipped"])
     bar = tqdm(range(start, end), desc="train", initial=start, total=total, unit="step",
-               disable=not main_process)
+               disable=not main_process or start >= end)
     for step in bar:
         episode = plan.episode_at(step)
         if episode and step == plan.start(episode):
@@ -286,17 +295,22 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         batch = make_batch(step)
         state, task_losses = step_fn(state, put_batch(batch.arrays(), batch_sh))
         tl = np.asarray(task_losses)
+        skipped = int(state["skipped"])
+        if skipped > last_skipped:
+            log.warning("step %d: non-finite loss or update, step skipped (%d skipped so far)",
+                        step, skipped)
+            last_skipped = skipped
         rate = bar.format_dict.get("rate") or 0.0
         bar.set_postfix(loss=f"{tl.mean():.3f}", ex_s=f"{rate * batch.task_counts.sum():.1f}",
-                        ep=episode)
+                        ep=episode, skipped=skipped)
         if logger:
             logger.log(step, {"loss": float(tl.mean()), "lr": float(schedule(step)),
-                              "skipped": int(state["skipped"]),
+                              "skipped": skipped,
                               **{f"loss/{t}": float(v) for t, v in zip(batch.tasks, tl)}})
         done = step + 1
         metrics = None
         if done % eval_every == 0 or done == total:
-            result = validate(model, state["params"], tokenizer, table, dev, passage_len, marker,
+            result = validate(model, state["params"], tokenizer, table, dev, eval_passage_len, marker,
                               progress=False, query_len=query_len, batch_size=eval_batch_size)
             metrics = {"avg_page_rprec": result["avg_page_rprec"]}
             bar.write(f"step {done}: val avg page R-prec {result['avg_page_rprec']:.4f} " +
@@ -351,14 +365,6 @@ def comparison_table(model_dir: str, bm25: BM25Retriever, table: PassageTable, d
 def _metrics(result):
     return None if result is None else {"avg_page_rprec": result["avg_page_rprec"],
                                         "tasks": result["tasks"]}
-
-
-def _gin_value(name: str):
-    """A gin binding's value, None when unbound."""
-    try:
-        return gin.query_parameter(name)
-    except ValueError:
-        return None
 
 
 FLAGS = flags.FLAGS

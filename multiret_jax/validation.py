@@ -144,6 +144,10 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
                                          batch_size, progress)
     elif len(passage_emb) != len(table):
         raise ValueError(f"{len(passage_emb)} passage embeddings for {len(table)} passages")
+    bad = int(np.sum(~np.isfinite(passage_emb).all(axis=1)))
+    if bad:
+        log.warning("validation: %d of %d passage embeddings are not finite (diverged model?); "
+                    "they rank last", bad, len(passage_emb))
     out: Dict[str, Any] = {"tasks": {}}
     for key, records in task_records.items():
         task = key if isinstance(key, Task) else get_task(key)

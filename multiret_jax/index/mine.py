@@ -38,7 +38,7 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
 
     Each block's top-k (np.argpartition-style, O(Q * block)) is merged with the running
     top-k; ties are broken by the lower passage row, so results do not depend on
-    ``block_size``.
+    ``block_size``. NaN scores (non-finite embeddings) rank below every number.
 
     Args:
       queries: [Q, D] query embeddings.
@@ -66,6 +66,7 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
     for start in range(0, num_p, block_size):
         block = np.asarray(passages[start:start + block_size], np.float32)
         scores = queries @ block.T  # [Q, B]
+        scores[np.isnan(scores)] = -np.inf  # a diverged model's NaN ranks last, not nowhere
         cols = _block_topk(scores, min(k, scores.shape[1]))
         rows = np.concatenate([best_rows, cols.astype(np.int64) + start], axis=1)
         vals = np.concatenate([best_scores, np.take_along_axis(scores, cols, axis=1)], axis=1)

@@ -38,10 +38,15 @@ class BiEncoder:
       query_towers: names of task-specific query towers (task names, or task types when
         ``tower_by="type"``); None or one name means a single query tower.
       tower_by: "task" or "type": how a task picks its query tower.
+      normalize: L2-normalise the embeddings (cosine similarity; pair with an NCE
+        temperature such as 0.05), e.g. sentence-transformers' all-MiniLM-L6-v2 head.
+      source_dir: the checkpoint directory the parameters were loaded from (its
+        tokenizer files go with them), or None.
     """
 
     def __init__(self, module: nn.Module, *, shared: bool = False,
-                 query_towers: Optional[Sequence[str]] = None, tower_by: str = "task"):
+                 query_towers: Optional[Sequence[str]] = None, tower_by: str = "task",
+                 normalize: bool = False, source_dir: Optional[str] = None):
         if tower_by not in ("task", "type"):
             raise ValueError(f"tower_by must be 'task' or 'type', got {tower_by!r}")
         self.module = module
@@ -49,6 +54,8 @@ class BiEncoder:
         self.stacked = len(self.tower_names) > 1
         self.shared = shared and not self.stacked
         self.tower_by = tower_by
+        self.normalize = normalize
+        self.source_dir = source_dir
 
     # -- parameters
     def init_encoder(self, rng: jax.Array, seq_len: int = 8) -> Any:
@@ -111,15 +118,24 @@ class BiEncoder:
                        tower: Any = 0, deterministic: bool = True,
                        rngs: Optional[Dict[str, jax.Array]] = None) -> jax.Array:
         """Query embeddings [B, D] through query tower ``tower`` (an int or traced int)."""
-        return self.module.apply({"params": self.query_params(params, tower)}, input_ids,
-                                 attention_mask, deterministic, rngs=rngs)
+        return self._finish(self.module.apply({"params": self.query_params(params, tower)},
+                                              input_ids, attention_mask, deterministic, rngs=rngs))
 
     def encode_passages(self, params: Params, input_ids: jax.Array, attention_mask: jax.Array,
                         deterministic: bool = True,
                         rngs: Optional[Dict[str, jax.Array]] = None) -> jax.Array:
         """Passage embeddings [B, D]."""
-        return self.module.apply({"params": self.passage_params(params)}, input_ids,
-                                 attention_mask, deterministic, rngs=rngs)
+        return self._finish(self.module.apply({"params": self.passage_params(params)}, input_ids,
+                                              attention_mask, deterministic, rngs=rngs))
+
+    def _finish(self, emb: jax.Array) -> jax.Array:
+        if not self.normalize:
+            return emb
+        x = emb.astype(jnp.float32)
+        # rsqrt of a floored square norm: an all-padding row (zero vector) stays zero with a
+        # zero gradient; dividing by max(sqrt(.), eps) would give 0/0 = NaN gradients there.
+        x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+        return x.astype(emb.dtype)
 
     @staticmethod
     def score(queries: jax.Array, passages: jax.Array) -> jax.Array:

@@ -101,7 +101,8 @@ def get_encoder(name: str) -> EncoderSpec:
 def build_biencoder(encoder: str = "bert", config: Optional[str] = None,
                     checkpoint_dir: Optional[str] = None, pooling: Optional[str] = None,
                     shared: bool = False, query_towers: Optional[Sequence[str]] = None,
-                    tower_by: str = "task", dtype: str = "float32", seed: int = 0,
+                    tower_by: str = "task", normalize: bool = False, dtype: str = "float32",
+                    seed: int = 0,
                     config_overrides: Optional[Dict[str, Any]] = None,
                     ) -> Tuple[BiEncoder, Dict[str, Any], Any]:
     """A bi-encoder and its parameters, from a checkpoint or a named preset.
@@ -115,6 +116,7 @@ def build_biencoder(encoder: str = "bert", config: Optional[str] = None,
       query_towers: task names (or task types with ``tower_by="type"``) for task-specific
         query encoders.
       tower_by: "task" or "type".
+      normalize: L2-normalise embeddings (cosine similarity).
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
       seed: PRNG seed for random initialisation.
       config_overrides: extra config fields (e.g. ``{"dropout_rate": 0.0}``).
@@ -127,12 +129,12 @@ def build_biencoder(encoder: str = "bert", config: Optional[str] = None,
     if checkpoint_dir:
         cfg, enc_params = spec.load(checkpoint_dir, pooling, **overrides)
         model = BiEncoder(spec.module(cfg, pooling), shared=shared, query_towers=query_towers,
-                          tower_by=tower_by)
+                          tower_by=tower_by, normalize=normalize, source_dir=checkpoint_dir)
         return model, model.layout(enc_params), cfg
     if config not in spec.presets:
         raise KeyError(f"unknown {encoder} config {config!r}; presets: {sorted(spec.presets)} "
                        "(or give checkpoint_dir)")
     cfg = spec.presets[config](**overrides)
     model = BiEncoder(spec.module(cfg, pooling), shared=shared, query_towers=query_towers,
-                      tower_by=tower_by)
+                      tower_by=tower_by, normalize=normalize)
     return model, model.init(jax.random.PRNGKey(seed)), cfg

@@ -21,18 +21,9 @@ def mean_pool(hidden: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     return (total / jnp.maximum(m.sum(axis=1), 1.0)).astype(hidden.dtype)
 
 
-def mean_l2_pool(hidden: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Masked mean, then L2-normalised (sentence-transformers' all-MiniLM-L6-v2 head).
-    Returns [B, H] unit vectors (a zero vector stays zero)."""
-    pooled = mean_pool(hidden, mask).astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(pooled * pooled, axis=-1, keepdims=True))
-    return (pooled / jnp.maximum(norm, 1e-12)).astype(hidden.dtype)
-
-
 POOLERS: Dict[str, Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]] = {
     "cls": cls_pool,
     "mean": mean_pool,
-    "mean_l2": mean_l2_pool,
 }
 
 
