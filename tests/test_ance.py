@@ -169,6 +169,7 @@ def test_save_and_load_negatives(tmp_path):
         ance.load_negatives(path, {"nq": _task_data("nq", 4)})
 
 
+@pytest.mark.slow  # three trainer runs, each compiling its step: 78-112 s on 2 busy cores
 def test_trainer_ance_episodes_resume_exactly(tmp_path):
     parse_gin(["models/bert_tiny.gin"], [])
     kw = dict(data_dir=None, steps=4, ance_episodes=2, ance_episode_steps=2, global_batch=16,
