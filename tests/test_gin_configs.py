@@ -101,10 +101,6 @@ def test_taco_tiny_runs_ance_and_learns(tmp_path):
     assert summary["completed_steps"] == 60 + 2 * 10
 
 
-def test_mtdpr_tiny_learns(tmp_path):
-    _tiny_learns(tmp_path, "mtdpr_tiny.gin", 60, 0.10)
-
-
 def test_leave_one_out_then_few_shot_tiny(tmp_path):
     loo = _run(tmp_path, "leave_one_out_tiny.gin", 20, ["HELD_OUT = 'fever'"])
     assert "fever" not in loo["tasks"] and "fever" in loo["validation"]["tasks"]
