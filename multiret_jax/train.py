@@ -40,7 +40,7 @@ from absl import app, flags
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from multiret_jax import ance, multitask, partitioning, tables
+from multiret_jax import ance, distributed, multitask, partitioning, tables
 from multiret_jax.checkpointing import Checkpointer
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import TaskData, build_step_batch
@@ -100,7 +100,9 @@ def _tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Opt
     if tokenizer_dir:
         raise FileNotFoundError(f"train.tokenizer_dir={tokenizer_dir!r} has no tokenizer.json "
                                 "or vocab.txt")
-    if os.path.exists(os.path.join(own, "tokenizer.json")):  # resuming: the same vocabulary
+    resuming = os.path.exists(os.path.join(own, "tokenizer.json"))
+    distributed.barrier("tokenizer")  # every process has looked before process 0 writes
+    if resuming:  # the same vocabulary
         return Tokenization.from_dir(own)
     tok = Tokenization.train_wordlevel(vocab_texts(), vocab_size)
     if jax.process_index() == 0:
@@ -109,8 +111,9 @@ def _tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Opt
 
 
 def flat_params(params) -> Dict[str, np.ndarray]:
-    """``{"a/b/c": array}`` (the layout of ``final_params.safetensors``)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    """``{"a/b/c": array}`` (the layout of ``final_params.safetensors``); with several
+    processes, every process must call it (parameters sharded across them are gathered)."""
+    flat = jax.tree_util.tree_flatten_with_path(distributed.to_numpy(params))[0]
     return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
             for path, v in flat}
 
@@ -143,7 +146,9 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           init_from: Optional[str] = None, ance_episodes: int = 0, ance_episode_steps: int = 0,
           ance_depth: int = 100, ance_sample: bool = True, reset_multitask_state: bool = False,
           per_task: str = DEFAULT_PER_TASK, grad_cache_chunk: Optional[int] = None,
-          model_parallel: int = 1, multihost: bool = False, eval_every: int = 100,
+          model_parallel: int = 1, multihost: bool = False,
+          coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+          process_id: Optional[int] = None, eval_every: int = 100,
           checkpoint_every: Optional[int] = None, keep: int = 2, eval_batch_size: int = 64,
           eval_at_start: bool = False, compare_bm25: bool = False,
           seed: int = 0, minikilt_scale: float = 1.0, halt_after: Optional[int] = None,
@@ -174,7 +179,12 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       reset_multitask_state: re-initialise the multitask state (TACO EMA) at each episode.
       per_task, grad_cache_chunk: see ``train_step.make_train_step``.
       model_parallel: size of the mesh's "model" axis (parameters by the logical rules).
-      multihost: call ``jax.distributed.initialize()`` (TPU pods, multi-GPU hosts).
+      multihost: one process per host (TPU pods, multi-GPU nodes): ``jax.distributed``
+        first; the mesh spans all processes' devices, process 0 alone writes files other
+        than checkpoints (``distributed.py``).
+      coordinator_address, num_processes, process_id: for ``multihost``: the coordinator's
+        ``host:port`` (process 0's), the process count and this process's index; None
+        auto-detects them (TPU pods, SLURM, Open MPI / multi-GPU launchers).
       eval_every, checkpoint_every, keep: validation / checkpoint period, checkpoints kept.
       eval_batch_size: encoding batch in validation and mining.
       eval_at_start: also validate the initial model (the zero-shot / pre-fine-tuning row);
@@ -187,13 +197,14 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       return_state: also return the final train state.
     """
     if multihost:
-        jax.distributed.initialize()
+        distributed.initialize(coordinator_address, num_processes, process_id)
     main_process = jax.process_index() == 0
     os.makedirs(model_dir, exist_ok=True)
     if data_dir is None:
         data_dir = os.path.join(model_dir, "minikilt")
         if main_process:
             minikilt.generate(data_dir, scale=minikilt_scale, seed=seed)
+        distributed.barrier("minikilt")  # the others read it once it is complete
     excluded = {get_task(n).name for n in exclude_tasks}  # unknown names fail, listing known
     task_list = [t for t in benchmark_tasks(data_dir, "train", tasks) if t.name not in excluded]
     if not task_list:
@@ -251,6 +262,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
                               batch_sharding=batch_sh, temperature=temperature,
                               per_task=per_task, grad_cache_chunk=grad_cache_chunk,
                               task_shapes=shapes)
+    distributed.compile_together(step_fn, state, put_batch(probe.arrays(), batch_sh))
     val_names = val_tasks or [t.name for t in benchmark_tasks(data_dir, "dev", None)]
     dev = {t.name: kilt.read_task_file(os.path.join(data_dir, t.filename("dev")))
            for t in benchmark_tasks(data_dir, "dev", val_names)}
@@ -258,7 +270,13 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     mine_kw = dict(passage_len=eval_passage_len, query_len=query_len, marker=marker,
                    batch_size=eval_batch_size, depth=ance_depth, sample=ance_sample)
 
+    def validate_now(progress):  # on every process, with a process-local parameter copy
+        return validate(model, distributed.host_local(state["params"]), tokenizer, table, dev,
+                        eval_passage_len, marker, progress=progress, query_len=query_len,
+                        batch_size=eval_batch_size)
+
     def use_episode(episode, params_now):
+        params_now = distributed.host_local(params_now)  # mined on every process alike
         path = ance.negatives_path(model_dir, episode)
         if os.path.exists(path):
             negs = ance.load_negatives(path, data)
@@ -275,8 +293,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         use_episode(plan.episode_at(start), state["params"])  # resumed inside an episode
     result, initial = None, None
     if eval_at_start and start == 0:
-        initial = validate(model, state["params"], tokenizer, table, dev, eval_passage_len, marker,
-                           progress=main_process, query_len=query_len, batch_size=eval_batch_size)
+        initial = validate_now(progress=main_process)
         log.info("initial model: val avg page R-prec %.4f", initial["avg_page_rprec"])
     end = total if halt_after is None else min(total, halt_after)
     ckpt_every = checkpoint_every or eval_every
@@ -310,8 +327,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         done = step + 1
         metrics = None
         if done % eval_every == 0 or done == total:
-            result = validate(model, state["params"], tokenizer, table, dev, eval_passage_len, marker,
-                              progress=False, query_len=query_len, batch_size=eval_batch_size)
+            result = validate_now(progress=False)
             metrics = {"avg_page_rprec": result["avg_page_rprec"]}
             bar.write(f"step {done}: val avg page R-prec {result['avg_page_rprec']:.4f} " +
                       " ".join(f"{t}={r['page_rprec']:.3f}" for t, r in result["tasks"].items()))
@@ -328,8 +344,9 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
                "skipped_steps": int(state["skipped"]), "tasks": list(data),
                "best_step": ckpt.best_step(), "validation": _metrics(result),
                "initial_validation": _metrics(initial)}
+    final = flat_params(state["params"]) if finished else None  # on every process: may gather
     if main_process and finished:  # (also an evaluation-only run: steps=0)
-        save_file(flat_params(state["params"]), os.path.join(model_dir, "final_params.safetensors"))
+        save_file(final, os.path.join(model_dir, "final_params.safetensors"))
         write_summary(os.path.join(model_dir, "summary.json"), summary)
         if compare_bm25 and (result or initial):
             print(comparison_table(model_dir, bm25, table, dev, result, initial, int(state["step"])))

@@ -16,11 +16,9 @@ import json
 import os
 from typing import List, Optional, Sequence, Tuple
 
-import bm25s
 import gin
 import numpy as np
 import Stemmer
-from bm25s.tokenization import Tokenizer
 
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.index.mine import filter_negatives
@@ -42,6 +40,10 @@ class BM25Retriever:
     def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene",
                  stemmer: Optional[str] = "english", stopwords: Optional[str] = "en",
                  with_title: bool = True, n_threads: int = 0):
+        # bm25s is imported here, not at module level: importing it runs a JAX op when jax is
+        # installed, which starts the backend (too early for jax.distributed.initialize).
+        import bm25s
+        from bm25s.tokenization import Tokenizer
         self.params = dict(k1=k1, b=b, method=method, stemmer=stemmer, stopwords=stopwords,
                            with_title=with_title)
         self.n_threads = n_threads
@@ -91,7 +93,7 @@ class BM25Retriever:
             raise ValueError(f"{meta_path}: index was built over passage table "
                              f"{meta['passage_checksum'][:12]}, not {table.checksum[:12]}")
         self = cls(**meta["params"], n_threads=n_threads)
-        self.model = bm25s.BM25.load(directory, show_progress=False)
+        self.model = type(self.model).load(directory, show_progress=False)
         self.tokenizer.load_vocab(directory)
         self.tokenizer.load_stopwords(directory)
         self._attach(table)
