@@ -1,0 +1,308 @@
+r"""Streaming corpus encoding into verified ``.npy`` shards, resumable and splittable.
+
+    python -m multiret_jax.index.encode --gin_file=taco_tiny.gin --model_dir=runs/taco_tiny \
+        --out_dir=runs/taco_tiny/emb                      # data: <model_dir>/minikilt
+    python -m multiret_jax.index.encode --gin_file=taco.gin --model_dir=RUN --data_dir=KILT \
+        --out_dir=EMB --shard_id=3 --num_shards=8 --dtype=float16   # job 3 of 8
+
+    encode_corpus(encode_fn, tokenizer, table, out_dir, fingerprint="run-7")
+    for ids, emb in iter_shards(out_dir, table):  # verified, one memmapped shard at a time
+        index.add(emb)
+    emb = load_embeddings(out_dir, table)         # [P, D], aligned to table rows
+
+Job ``shard_id`` of ``num_shards`` encodes a contiguous block of whole shards of
+``shard_size`` table rows into ``emb_<k>.npy`` + ``ids_<k>.npy`` and its own
+``manifest_<shard_id>-of-<num_shards>.json`` (format and loaders: ``shards.py``, re-exported
+here), so jobs never write the same file and their union is the single-job output. Memory
+is O(batch + shard): a shard is tokenized, encoded (longest texts first, lengths padded to
+multiples of 16 as in ``validation.encode_texts``, batch rows split over the local devices
+on a 1-D mesh), written atomically and recorded in the manifest before the next starts.
+
+A rerun resumes: finished shards are verified (files, row counts, sha256, ids against the
+table) and only missing or invalid ones are encoded again, invalid ones with a warning. A
+directory made for another table, model, tokenizer or settings is refused (ValueError)
+unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+from absl import app, flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from multiret_jax.data.passages import PassageTable
+from multiret_jax.gin_utils import define_gin_flags, parse_gin
+from multiret_jax.index.shards import (FORMAT, conflicts, file_sha256, iter_shards, job_shards,
+                                       load_embeddings, load_shards, manifest_path,
+                                       read_manifests, shard_problem, write_json, write_npy)
+from multiret_jax.models.tokenization import Tokenization
+from multiret_jax.validation import BUCKET, _is_jitted, jitted_encoders
+
+__all__ = ["encode_corpus", "encode_run", "passage_encoder", "params_fingerprint",
+           "iter_shards", "load_shards", "load_embeddings", "read_manifests", "job_shards"]
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float16")
+
+
+def params_fingerprint(params: Any) -> str:
+    """Hex sha256 over the names, shapes, dtypes and values of a parameter pytree."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        arr = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}\n".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def passage_encoder(model, params: Any, devices: Optional[Sequence[jax.Device]] = None):
+    """``(input_ids, attention_mask) -> [B, D]`` passage embeddings of a ``BiEncoder``, its
+    parameters replicated over ``devices`` (default: the local devices, as in
+    ``encode_corpus``)."""
+    mesh = Mesh(np.asarray(list(devices or jax.local_devices())), ("data",))
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    return functools.partial(jitted_encoders(model)["passage"], params)
+
+
+def _encode_rows(fn: Callable, tokenizer: Tokenization, texts: Sequence[str], max_len: int,
+                 batch_size: int, sharding: NamedSharding, bar: tqdm) -> np.ndarray:
+    """Float32 [n, D] embeddings in row order; batches longest first, each dispatched
+    before the previous one is fetched (host work overlaps the device)."""
+    ids, mask = tokenizer.encode(texts, max_len, pad_to_multiple_of=BUCKET)
+    lengths = mask.sum(axis=1)
+    order = np.argsort(-lengths, kind="stable")
+    out: Optional[np.ndarray] = None
+    pending = None
+
+    def fetch(rows, emb):
+        nonlocal out
+        emb = np.asarray(emb, np.float32)[:len(rows)]
+        if out is None:
+            out = np.zeros((len(texts), emb.shape[-1]), np.float32)
+        out[rows] = emb
+        bar.update(len(rows))
+
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        sel = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # pad: copies
+        length = min(max_len, max(BUCKET, -(-int(lengths[sel].max()) // BUCKET) * BUCKET))
+        emb = fn(jax.device_put(ids[sel, :length], sharding),
+                 jax.device_put(mask[sel, :length], sharding))
+        if pending is not None:
+            fetch(*pending)
+        pending = (rows, emb)
+    fetch(*pending)
+    return out
+
+
+def encode_corpus(encode_fn: Callable[[Any, Any], Any], tokenizer: Tokenization,
+                  table: PassageTable, out_dir: str, *, fingerprint: str,
+                  shard_size: int = 100_000, batch_size: int = 128, passage_len: int = 128,
+                  shard_id: int = 0, num_shards: int = 1, dtype: str = "float32",
+                  overwrite: bool = False, devices: Optional[Sequence[jax.Device]] = None,
+                  jit: bool = True, progress: bool = True,
+                  metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Encodes this job's shards of ``table`` (title + text) into ``out_dir``, resuming.
+
+    Args:
+      encode_fn: ``(input_ids, attention_mask) -> [B, D]``; its inputs come with the rows
+        sharded over ``devices`` (a model's parameters should be replicated there, see
+        ``passage_encoder``). Jitted here unless it already is or ``jit=False``.
+      tokenizer, table: the tokenization and the passages.
+      out_dir: the shard directory (created).
+      fingerprint: identity of the model (e.g. sha256 of its parameter file or
+        ``params_fingerprint(params)``); a directory made by another model is refused.
+      shard_size, batch_size, passage_len: rows per shard, rows per device call (rounded
+        up to a multiple of the device count), truncation length in tokens.
+      shard_id, num_shards: this job and the job count (contiguous blocks of shards).
+      dtype: stored dtype, "float32" or "float16" (encoding is float32).
+      overwrite: replace manifests made for another table / model / settings instead of
+        raising; this job's shards are then encoded again.
+      devices: devices the batch rows are split over (default ``jax.local_devices()``).
+      jit, progress: see ``encode_fn``; the tqdm bar (passages/s, ETA over the job).
+      metadata: extra JSON information stored in the manifest (not compared).
+    Returns:
+      This job's manifest, plus ``"encoded"`` and ``"reused"`` (lists of shard indices).
+    Raises:
+      ValueError: ``out_dir`` holds shards of another table, model or settings.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if shard_size < 1 or batch_size < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"bad shard_size={shard_size}, batch_size={batch_size} or "
+                         f"shard_id={shard_id} of num_shards={num_shards}")
+    devices = list(devices or jax.local_devices())
+    if batch_size % len(devices):
+        batch_size += len(devices) - batch_size % len(devices)
+        log.info("batch_size rounded up to %d (a multiple of %d devices)", batch_size, len(devices))
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("data",)), P("data", None))
+    fn = encode_fn if not jit or _is_jitted(encode_fn) else jax.jit(encode_fn)
+    settings = {"format": FORMAT, "table_checksum": table.checksum, "num_passages": len(table),
+                "model_fingerprint": fingerprint,
+                "tokenizer_sha256": hashlib.sha256(tokenizer.tokenizer.to_str().encode()).hexdigest(),
+                "passage_len": passage_len, "dtype": dtype, "shard_size": shard_size,
+                "num_shards": num_shards}
+    os.makedirs(out_dir, exist_ok=True)
+    for path, why in conflicts(out_dir, settings):
+        if not overwrite:
+            raise ValueError(f"{out_dir}: holds embeddings made otherwise ({os.path.basename(path)}"
+                             f" {why}); use another directory or overwrite=True")
+        log.warning("%s: made otherwise (%s); removed (overwrite=True)", path, why)
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # another job of this run removed it first
+            pass
+    mpath = manifest_path(out_dir, shard_id, num_shards)
+    mine = job_shards(len(table), shard_size, shard_id, num_shards)
+    manifest = {**settings, "shard_id": shard_id, "job_shards": list(mine), "complete": False,
+                "metadata": metadata or {}, "shards": {}}
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            manifest["shards"] = json.load(f).get("shards", {})
+    ids_of = lambda start, stop: np.asarray(table.ids[start:stop], dtype=str)
+    todo, reused = [], []
+    for k in mine:
+        entry = manifest["shards"].get(str(k))
+        start = k * shard_size
+        want = ids_of(start, start + shard_size)
+        why = "not finished" if entry is None else (
+            f"manifest row range {entry['start']}+{entry['rows']}"
+            if (entry["start"], entry["rows"]) != (start, len(want))
+            else shard_problem(out_dir, entry, want, entry.get("dim"), dtype))
+        if why is None:
+            reused.append(k)
+            manifest["dim"] = entry["dim"]
+            continue
+        if entry is not None:
+            log.warning("%s: shard %d is invalid (%s); encoding it again", out_dir, k, why)
+            del manifest["shards"][str(k)]
+        todo.append(k)
+    write_json(mpath, manifest)
+    rows_of = lambda k: min(shard_size, len(table) - k * shard_size)
+    bar = tqdm(total=sum(rows_of(k) for k in mine), initial=sum(rows_of(k) for k in reused),
+               desc=f"encode job {shard_id}/{num_shards}", unit=" passages", disable=not progress,
+               mininterval=2, smoothing=0.1)
+    with bar:
+        for k in todo:
+            start, stop = k * shard_size, k * shard_size + rows_of(k)
+            texts = [f"{t} {x}" for t, x in zip(table.titles[start:stop], table.texts[start:stop])]
+            emb = _encode_rows(fn, tokenizer, texts, passage_len, batch_size, sharding, bar)
+            emb = emb.astype(dtype, copy=False)
+            bad = int(np.sum(~np.isfinite(emb).all(axis=1)))
+            if bad:
+                log.warning("shard %d: %d of %d embeddings are not finite", k, bad, len(emb))
+            name = f"{k:05d}"
+            entry = {"start": start, "rows": stop - start, "dim": int(emb.shape[1]),
+                     "emb_file": f"emb_{name}.npy", "ids_file": f"ids_{name}.npy"}
+            entry["ids_sha256"] = write_npy(os.path.join(out_dir, entry["ids_file"]),
+                                            ids_of(start, stop))
+            entry["emb_sha256"] = write_npy(os.path.join(out_dir, entry["emb_file"]), emb)
+            del emb, texts
+            manifest["dim"] = entry["dim"]
+            manifest["shards"][str(k)] = entry
+            write_json(mpath, manifest)
+    manifest["complete"] = True
+    write_json(mpath, manifest)
+    return {**manifest, "encoded": todo, "reused": reused}
+
+
+def _gin_value(name: str, default: Any) -> Any:
+    try:
+        value = gin.query_parameter(name)
+    except ValueError:  # not bound
+        return default
+    return default if value is None else value
+
+
+def encode_run(model_dir: str, out_dir: str, data_dir: Optional[str] = None,
+               params_path: Optional[str] = None, tokenizer_dir: Optional[str] = None,
+               passage_len: Optional[int] = None, chunk_mode: Optional[str] = None,
+               **kwargs) -> Dict[str, Any]:
+    """``encode_corpus`` with a trained run: ``build_biencoder()`` as the parsed gin config
+    (the run's ``--gin_file``/``--gin_param``) builds it, with the run's parameters.
+
+    Args:
+      model_dir: the run directory (``train.model_dir``).
+      out_dir: the shard directory.
+      data_dir: KILT directory (``knowledge_source.jsonl``) or a saved ``PassageTable``;
+        default gin ``train.data_dir``, else ``<model_dir>/minikilt``.
+      params_path: default ``<model_dir>/final_params.safetensors``.
+      tokenizer_dir: default ``<model_dir>/tokenizer``, ``model_dir``, the checkpoint's.
+      passage_len, chunk_mode: default gin ``train.eval_passage_len`` / ``train.passage_len``
+        (else 128, capped by the model's positions) and ``train.chunk_mode`` (else "page").
+      **kwargs: ``encode_corpus`` options (shard_size, batch_size, shard_id, ...).
+    """
+    from multiret_jax import train  # registers train.*, so the run's gin files parse
+    from multiret_jax.data import kilt
+    from multiret_jax.models.encoders import build_biencoder
+    model, params, cfg = build_biencoder()
+    params_path = params_path or os.path.join(model_dir, "final_params.safetensors")
+    params = train.load_params_into(params_path, params)
+    tok_dir = next((d for d in (tokenizer_dir, os.path.join(model_dir, "tokenizer"), model_dir,
+                                model.source_dir)
+                    if d and any(os.path.isfile(os.path.join(d, f))
+                                 for f in ("tokenizer.json", "vocab.txt"))), None)
+    if tok_dir is None:
+        raise FileNotFoundError(f"{model_dir}: no tokenizer found; give --tokenizer_dir")
+    data_dir = data_dir or _gin_value("train.data_dir", None) or os.path.join(model_dir, "minikilt")
+    if os.path.isfile(os.path.join(data_dir, "passages.jsonl")):
+        table = PassageTable.load(data_dir)
+    else:
+        table = PassageTable.from_pages(kilt.iter_knowledge_source(
+            os.path.join(data_dir, "knowledge_source.jsonl")),
+            mode=chunk_mode or _gin_value("train.chunk_mode", "page"))
+    passage_len = (passage_len or _gin_value("train.eval_passage_len", None)
+                   or _gin_value("train.passage_len", 128))
+    passage_len = min(passage_len, getattr(cfg, "max_position_embeddings", None) or passage_len)
+    model_cfg = json.dumps(gin.get_bindings("build_biencoder"), sort_keys=True, default=str)
+    fingerprint = f"params_sha256={file_sha256(params_path)} build_biencoder={model_cfg}"
+    return encode_corpus(passage_encoder(model, params), Tokenization.from_dir(tok_dir), table,
+                         out_dir, fingerprint=fingerprint, passage_len=passage_len,
+                         metadata={"params": os.path.abspath(params_path),
+                                   "data_dir": os.path.abspath(data_dir)}, **kwargs)
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    importlib.import_module("multiret_jax.train")  # registers train.* for the run's gin files
+    parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    res = encode_run(FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, FLAGS.params,
+                     FLAGS.tokenizer_dir, FLAGS.passage_len, FLAGS.chunk_mode,
+                     shard_size=FLAGS.shard_size, batch_size=FLAGS.batch_size,
+                     shard_id=FLAGS.shard_id, num_shards=FLAGS.num_shards, dtype=FLAGS.dtype,
+                     overwrite=FLAGS.overwrite)
+    print(f"{FLAGS.out_dir}: job {FLAGS.shard_id} of {FLAGS.num_shards} done: "
+          f"{len(res['encoded'])} shards encoded, {len(res['reused'])} reused")
+
+
+FLAGS = flags.FLAGS
+
+if __name__ == "__main__":
+    define_gin_flags()
+    flags.DEFINE_string("model_dir", None, "Trained run directory.", required=True)
+    flags.DEFINE_string("out_dir", None, "Shard directory.", required=True)
+    flags.DEFINE_string("data_dir", None, "KILT directory or saved PassageTable.")
+    flags.DEFINE_string("params", None, "Parameter file (default: final_params.safetensors).")
+    flags.DEFINE_string("tokenizer_dir", None, "Tokenizer directory.")
+    flags.DEFINE_integer("passage_len", None, "Passage length in tokens.")
+    flags.DEFINE_string("chunk_mode", None, "'page' or 'paragraph' passages.")
+    flags.DEFINE_integer("shard_size", 100_000, "Passages per shard file.")
+    flags.DEFINE_integer("batch_size", 128, "Passages per device call (all local devices).")
+    flags.DEFINE_integer("shard_id", 0, "This job's index.")
+    flags.DEFINE_integer("num_shards", 1, "Number of jobs.")
+    flags.DEFINE_enum("dtype", "float32", DTYPES, "Stored dtype.")
+    flags.DEFINE_boolean("overwrite", False, "Replace shards made otherwise.")
+    app.run(main)
