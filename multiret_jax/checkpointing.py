@@ -158,6 +158,20 @@ class Checkpointer:
                              f"{'/'.join(extra[0])!r} (shape {saved_shapes[extra[0]]}) that "
                              f"the target lacks: it was saved from another architecture")
 
+    def saved_structure(self, step: int) -> Any:
+        """The saved state of ``step`` as a tree of ``jax.ShapeDtypeStruct`` (no array read),
+        usable as ``restore``'s target when the live state cannot be rebuilt (analysis
+        tools). Containers are as saved: dicts and lists (NamedTuples such as ``TacoState``
+        become dicts of their fields, tuples lists); ``None`` leaves stay ``None``."""
+        saved = self._mgr.item_metadata(step)[_STATE]
+        tree = saved.tree if hasattr(saved, "tree") else saved
+
+        def abstract(x):
+            if hasattr(x, "shape") and hasattr(x, "dtype"):
+                return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
+            return x
+        return jax.tree_util.tree_map(abstract, tree, is_leaf=lambda x: hasattr(x, "shape"))
+
     def restore(self, step: Optional[int] = None, target: Any = None) -> Tuple[Any, dict]:
         """Restores ``(state, metadata)`` of ``step`` (default: latest) into ``target``'s
         structure, dtypes and shardings (``target`` is required)."""

@@ -11,7 +11,10 @@ mini-KILT is generated into ``<out_dir>/minikilt`` first.
 Writes to ``--out_dir``: KILT guess files (``guesses/<task>-<split>-guess.jsonl``: one
 output, pages de-duplicated in rank order, each with the span of its best passage),
 ``results.json`` (per task, the official KILT scorer's page-level metrics, computed from
-the written files, and passage-level R-precision) and ``table.{md,csv,json}``.
+the written files, under "page"; the same metrics over passage ids under "passage", None
+for a task without passage-level gold, and its R-precision as "passage_rprec") and
+``table.{md,csv,json}`` (page / passage R-precision, recall@5, success@5 per task + Avg).
+Several runs side by side: ``python -m multiret_jax.compare``.
 """
 
 from __future__ import annotations
@@ -90,14 +93,17 @@ def evaluate_task(task: Task, records: List[kilt.KiltRecord], gold_path: str, re
     kilt.write_jsonl(guess_path, (kilt.guess_record(r.id, g, input_text=r.input)
                                   for r, g in zip(records, guesses)))
     page = metrics.evaluate(gold_path, guess_path, ks=ks, rank_keys=["wikipedia_id"])
-    # Passage level: defined for records whose provenance has paragraph spans.
+    # Passage level: defined for records whose provenance has paragraph spans; the same
+    # metrics as the page level (KILT semantics) with passage ids as the ranked ids.
     p_scores = []
     for rec, ranked in zip(records, rows):
         gold = passage_gold_ids(rec, table)
         if gold:
-            p_scores.append(metrics.record_metrics([table.ids[i] for i in ranked], gold, ks)["Rprec"])
+            p_scores.append(metrics.record_metrics([table.ids[i] for i in ranked], gold, ks))
+    passage = ({key: float(np.mean([s[key] for s in p_scores])) for key in p_scores[0]}
+               if p_scores else None)
     return {"task": task.name, "num_queries": len(records), "page": page,
-            "passage_rprec": float(np.mean(p_scores)) if p_scores else None,
+            "passage_rprec": passage["Rprec"] if passage else None, "passage": passage,
             "passage_queries": len(p_scores), "search_seconds": search_s}
 
 
@@ -149,14 +155,28 @@ def run_evaluation(data_dir: Optional[str] = None, out_dir: str = "runs/bm25",
     return results
 
 
-def result_rows(results: dict) -> Dict[str, Dict[str, Optional[float]]]:
-    """Table rows (percent) from a results dict: page R-prec, passage R-prec, recall@5."""
+def result_rows(results: dict, ks: Sequence[int] = (5,)) -> Dict[str, Dict[str, Optional[float]]]:
+    """Table rows (percent) from a results dict: page and passage R-precision, then page and
+    passage recall@k and success@k for each k in ``ks`` that was scored (k >= 2; KILT
+    defines no recall/success at 1). Passage values are "-" for tasks without passage gold.
+    """
     name, per_task = results["retriever"].upper(), results["tasks"]
-    rows = {f"{name} page R-prec": {t: 100 * r["page"]["Rprec"] for t, r in per_task.items()},
-            f"{name} passage R-prec": {t: None if r["passage_rprec"] is None else 100 * r["passage_rprec"]
-                                       for t, r in per_task.items()}}
-    if all("recall@5" in r["page"] for r in per_task.values()):
-        rows[f"{name} page recall@5"] = {t: 100 * r["page"]["recall@5"] for t, r in per_task.items()}
+
+    def level(r, lvl):
+        return r["page"] if lvl == "page" else (r.get("passage") or {})
+
+    def row(lvl, key):
+        vals = {t: level(r, lvl).get(key) for t, r in per_task.items()}
+        return {t: None if v is None else 100 * v for t, v in vals.items()}
+
+    rows = {f"{name} page R-prec": row("page", "Rprec"),
+            f"{name} passage R-prec": {t: None if r["passage_rprec"] is None
+                                       else 100 * r["passage_rprec"] for t, r in per_task.items()}}
+    for k in ks:
+        for key, label in ((f"recall@{k}", f"recall@{k}"), (f"success_rate@{k}", f"success@{k}")):
+            for lvl in ("page", "passage"):
+                if any(key in level(r, lvl) for r in per_task.values()):
+                    rows[f"{name} {lvl} {label}"] = row(lvl, key)
     return rows
 
 

@@ -2,6 +2,9 @@
 
 Column order and headers follow MT-DPR/TACO (FEV AY2 T-REx zsRE NQ HoPo TQA WoW Avg);
 tasks outside the 8 KILT ones follow in the order given, headed by their table name.
+A missing task (None) prints as "-" and is left out of its row's average, so "Avg" is
+over the tasks the row has. Several runs side by side, and their differences to a
+reference run: ``compare.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from multiret_jax.data.tasks import KILT_TASK_NAMES, get_task
 
@@ -35,7 +38,31 @@ def with_average(values: Mapping[str, Optional[float]]) -> Dict[str, Optional[fl
     return {**values, "Avg": sum(present) / len(present) if present else None}
 
 
-def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: int = 2) -> str:
+def table_cells(rows: Rows, tasks: Sequence[str], digits: int = 2,
+                signed: bool = False) -> Tuple[List[str], List[List[str]]]:
+    """The header and body cells of a table (tasks ordered, "Avg" appended, None -> "-").
+
+    Args:
+      rows: row name -> {task: value}.
+      tasks: the task columns (ordered with ``ordered_tasks``).
+      digits: decimals.
+      signed: always print the sign ("+1.20", "-0.35"; for differences).
+    Returns:
+      (header, body): header ``["", FEV, ..., "Avg"]``; one list of strings per row.
+    """
+    tasks = ordered_tasks(tasks)
+    spec = f"{'+' if signed else ''}.{digits}f"
+    header = [""] + [_header(t) for t in tasks] + ["Avg"]
+    body = []
+    for name, values in rows.items():
+        vals = with_average({t: values.get(t) for t in tasks})
+        body.append([name] + ["-" if vals[c] is None else format(vals[c], spec)
+                              for c in tasks + ["Avg"]])
+    return header, body
+
+
+def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: int = 2,
+                 signed: bool = False) -> str:
     """Renders ``rows`` as aligned text, Markdown or CSV.
 
     Args:
@@ -43,16 +70,13 @@ def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: in
       tasks: the task columns (ordered with ``ordered_tasks``); "Avg" is appended.
       fmt: "text", "markdown" or "csv".
       digits: decimals.
+      signed: always print the sign (tables of differences).
     Returns:
       The table as a string.
     """
-    tasks = ordered_tasks(tasks)
-    header = [""] + [_header(t) for t in tasks] + ["Avg"]
-    body = []
-    for name, values in rows.items():
-        vals = with_average({t: values.get(t) for t in tasks})
-        body.append([name] + ["-" if vals[c] is None else f"{vals[c]:.{digits}f}"
-                              for c in tasks + ["Avg"]])
+    if fmt not in ("text", "markdown", "csv"):
+        raise ValueError(f"unknown table format {fmt!r}; use text, markdown or csv")
+    header, body = table_cells(rows, tasks, digits, signed)
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf).writerows([header] + body)
@@ -61,21 +85,20 @@ def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: in
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in body]
         return "\n".join(lines) + "\n"
-    if fmt != "text":
-        raise ValueError(f"unknown table format {fmt!r}; use text, markdown or csv")
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                      enumerate(zip(r, widths))) for r in [header] + body]
     return "\n".join(out) + "\n"
 
 
-def write_tables(prefix: str, rows: Rows, tasks: Sequence[str]) -> List[str]:
-    """Writes ``prefix.md``, ``prefix.csv`` and ``prefix.json``; returns the paths."""
+def write_tables(prefix: str, rows: Rows, tasks: Sequence[str], signed: bool = False) -> List[str]:
+    """Writes ``prefix.md``, ``prefix.csv`` and ``prefix.json`` (values unrounded, with
+    "Avg"); returns the paths."""
     paths = []
     for ext, fmt in (("md", "markdown"), ("csv", "csv")):
         paths.append(f"{prefix}.{ext}")
         with open(paths[-1], "w") as f:
-            f.write(format_table(rows, tasks, fmt))
+            f.write(format_table(rows, tasks, fmt, signed=signed))
     paths.append(f"{prefix}.json")
     with open(paths[-1], "w") as f:
         json.dump({name: with_average({t: v.get(t) for t in ordered_tasks(tasks)})

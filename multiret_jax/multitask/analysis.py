@@ -6,6 +6,9 @@ the EMA S (as TACO's weights), and its entropy ``H = -sum_k p_k log p_k`` (nats,
 every task's EMA is below 1e-8 (its distribution is then ~uniform, H ~ log K, so it is
 never task-specific). Fractions are over all parameter elements of the model.
 
+Per-task sensitivity densities (Figure 2): ``sensitivity_histogram``. Plots and the
+command line: ``multiret_jax/plots.py``.
+
 Everything takes a ``TacoState`` or its ``ema`` tree (leaves ``[K, ...]``). With a state
 trained with ``normalize_after_ema=True`` the EMA holds raw sensitivities: pass
 ``normalize=True`` to divide each task's EMA by its median first, as the weights do.
@@ -129,6 +132,38 @@ def entropy_histogram(state_or_ema: Any, tau: float, bins: int = 50,
     return counts, edges
 
 
+def sensitivity_histogram(state_or_ema: Any, bins: int = 60, normalize: bool = False):
+    """Per-task histograms of the (normalised) sensitivity EMA on common log-spaced bins
+    (TACO Figure 2), leaf by leaf.
+
+    Args:
+      state_or_ema: a ``TacoState`` or its EMA tree.
+      bins: number of bins, log-spaced from the smallest to the largest positive value
+        over all tasks (both included).
+      normalize: normalise each task's EMA by its median first.
+    Returns:
+      (counts [K, bins] int64 of positive values, zeros [K] int64 (values <= 0, which a
+      log axis cannot show), edges [bins + 1] float64).
+    """
+    leaves = [np.asarray(x) for x in _ema_leaves(state_or_ema, normalize)]
+    k = leaves[0].shape[0]
+    pos = [x[x > 0] for x in leaves]
+    lo = min((float(p.min()) for p in pos if p.size), default=1.0)
+    hi = max((float(p.max()) for p in pos if p.size), default=1.0)
+    hi = max(hi, lo * (1 + 1e-6))  # one positive value: a non-empty range
+    edges = np.geomspace(lo, hi, bins + 1)
+    edges[0], edges[-1] = lo, hi  # exactly, so the extremes are counted
+    counts = np.zeros((k, bins), np.int64)
+    zeros = np.zeros(k, np.int64)
+    for x in leaves:
+        x = x.reshape(k, -1)
+        for t in range(k):
+            v = x[t]
+            zeros[t] += int(np.sum(v <= 0))
+            counts[t] += np.histogram(v[v > 0], bins=edges)[0]
+    return counts, zeros, edges
+
+
 def write_entropy_histogram(state_or_ema: Any, path: str, tau: float, bins: int = 50,
                             normalize: bool = False, title: Optional[str] = None) -> str:
     """Writes a PNG histogram of the per-parameter task entropies (matplotlib Agg).
@@ -143,22 +178,8 @@ def write_entropy_histogram(state_or_ema: Any, path: str, tau: float, bins: int 
     Returns:
       ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from multiret_jax.plots import plot_entropy_histogram
 
     counts, edges = entropy_histogram(state_or_ema, tau, bins, normalize)
     stats = specialization_stats(state_or_ema, tau, normalize)
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    total = max(int(counts.sum()), 1)
-    ax.bar(edges[:-1], counts / total, width=np.diff(edges), align="edge")
-    ax.axvline(SPECIFIC_ENTROPY, color="r", linestyle="--", label="task-specific (H < 0.3)")
-    ax.set_xlabel(f"entropy of the task distribution (nats, tau={tau})")
-    ax.set_ylabel("fraction of parameters")
-    ax.set_title(title or (f"task-specific {stats['frac_task_specific']:.1%}, "
-                           f"not activated {stats['frac_not_activated']:.1%}"))
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return plot_entropy_histogram(counts, edges, path, tau, stats, title)
