@@ -200,6 +200,9 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         distributed.initialize(coordinator_address, num_processes, process_id)
     main_process = jax.process_index() == 0
     os.makedirs(model_dir, exist_ok=True)
+    if main_process:  # the run's full configuration, for the tools that load it later
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(gin.config_str())
     if data_dir is None:
         data_dir = os.path.join(model_dir, "minikilt")
         if main_process:
