@@ -1,7 +1,9 @@
 """ANCE episodes (Xiong et al. 2021; TACO's training schedule): after BM25 warm-up, each
 episode re-encodes the training corpus with the current model, mines hard negatives with
 ``index.mine.mine_negatives`` (top-ranked passages that are not gold and not on a gold
-page) and training continues on them.
+page) and training continues on them. Mining searches exactly by default; ``index_spec``
+(gin ``train.ance_index_spec``, e.g. "HNSW32") searches a FAISS index of the episode's
+embeddings instead, for corpora where exact search is too slow.
 
 ``EpisodePlan`` says which step starts which episode; ``mine_episode`` does the mining for
 all tasks; ``save_negatives`` / ``load_negatives`` keep each episode's negatives in
@@ -12,20 +14,19 @@ negatives it mined before the interruption.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 from typing import Any, Dict, Mapping, Optional
 
-import jax.numpy as jnp
 import numpy as np
 
 from multiret_jax.data.batching import TaskData
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.index.faiss_index import build_index
 from multiret_jax.index.mine import mine_negatives
 from multiret_jax.models.biencoder import BiEncoder
 from multiret_jax.models.tokenization import Tokenization
-from multiret_jax.validation import encode_passages_of, encode_texts, jitted_encoders
+from multiret_jax.validation import encode_passages_of, encode_queries_of
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def mine_episode(model: BiEncoder, params: Any, tokenizer: Tokenization, table: 
                  passage_len: int = 128, query_len: Optional[int] = None,
                  marker: str = "prefix", sample: bool = False, seed: int = 0,
                  batch_size: int = 64, passage_emb: Optional[np.ndarray] = None,
+                 index_spec: Optional[str] = None, index_params: Optional[Dict[str, Any]] = None,
                  progress: bool = True) -> Dict[str, np.ndarray]:
     """Dense hard negatives for every task's training examples with ``params``.
 
@@ -75,21 +77,26 @@ def mine_episode(model: BiEncoder, params: Any, tokenizer: Tokenization, table: 
       sample: sample ``num`` of the allowed top-``depth`` (ANCE) instead of the best.
       seed: RNG seed of the sampling.
       passage_emb: precomputed [P, D] corpus embeddings of ``params`` (skips encoding).
+      index_spec: search a FAISS index of that ``faiss.index_factory`` spec ("HNSW32",
+        "IVF4096,SQ8", ...) built over the embeddings instead of exact search ("Flat" gives
+        the exact negatives); index_params: its search parameters (nprobe, efSearch; HNSW
+        searches with efSearch >= depth anyway).
     Returns:
       ``{task: int64 [N_k, num]}`` passage rows, -1 padded.
     """
     if passage_emb is None:
         passage_emb = encode_passages_of(model, params, tokenizer, table, passage_len,
                                          batch_size, progress=progress)
-    fns = jitted_encoders(model)
+    searcher: Any = passage_emb
+    if index_spec is not None:
+        searcher = build_index(passage_emb, index_spec, passage_checksum=table.checksum,
+                               seed=seed, progress=progress).set_params(**(index_params or {}))
     out = {}
     for i, (name, d) in enumerate(data.items()):
-        tower = jnp.asarray(model.tower_index(d.task), jnp.int32)
-        q = encode_texts(functools.partial(fns["query"], params, tower), tokenizer,
-                         [d.task.format_query(e.query, marker) for e in d.examples],
-                         min(d.task.max_query_len, query_len or d.task.max_query_len),
-                         batch_size, desc=f"{name} train queries", progress=progress)
-        out[name] = mine_negatives(q, passage_emb, [np.asarray(e.positives) for e in d.examples],
+        q = encode_queries_of(model, params, tokenizer, d.task, [e.query for e in d.examples],
+                              marker, query_len, batch_size, desc=f"{name} train queries",
+                              progress=progress)
+        out[name] = mine_negatives(q, searcher, [np.asarray(e.positives) for e in d.examples],
                                    table.page_ids, num, depth=depth,
                                    gold_pages=[list(e.gold_pages) for e in d.examples],
                                    sample=sample, rng=np.random.default_rng([seed, i]))

@@ -9,12 +9,18 @@ task registry says (``nq-dev-kilt.jsonl``, ...). Without ``--data_dir`` the embe
 mini-KILT is generated into ``<out_dir>/minikilt`` first.
 
 Writes to ``--out_dir``: KILT guess files (``guesses/<task>-<split>-guess.jsonl``: one
-output, pages de-duplicated in rank order, each with the span of its best passage),
-``results.json`` (per task, the official KILT scorer's page-level metrics, computed from
-the written files, under "page"; the same metrics over passage ids under "passage", None
-for a task without passage-level gold, and its R-precision as "passage_rprec") and
-``table.{md,csv,json}`` (page / passage R-precision, recall@5, success@5 per task + Avg).
-Several runs side by side: ``python -m multiret_jax.compare``.
+output, pages de-duplicated in rank order, each with the span of its best passage), TREC
+run files (``trec/<task>-<split>.trec``, passage level, ``trec.py``), ``results.json`` (per
+task, the official KILT scorer's page-level metrics, computed from the written files,
+under "page"; the same metrics over passage ids under "passage", None for a task without
+passage-level gold, and its R-precision as "passage_rprec"; a task without any gold, e.g.
+a KILT test file, gets guess and run files and None metrics) and ``table.{md,csv,json}``
+(page / passage R-precision, recall@5, success@5 per task + Avg). Several runs side by
+side: ``python -m multiret_jax.compare``.
+
+Retrievers (``RETRIEVERS``) have ``search(queries, k)``, or ``search_task(task, queries,
+k)`` when the query depends on the task (the dense retriever of ``retrieve.py``, which
+shares ``evaluate_tasks`` and so writes the same files).
 """
 
 from __future__ import annotations
@@ -23,14 +29,14 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
-from multiret_jax import metrics, tables
+from multiret_jax import metrics, tables, trec
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.passages import PassageTable
@@ -46,8 +52,27 @@ RETRIEVERS: Dict[str, Callable[[PassageTable], object]] = {
 }
 
 
+# Other names of a split's task files: KILT's are <task>-test_without_answers-kilt.jsonl.
+SPLIT_ALIASES: Dict[str, Tuple[str, ...]] = {"test": ("test_without_answers",)}
+
+
 def register_retriever(name: str, builder: Callable[[PassageTable], object]) -> None:
     RETRIEVERS[name] = builder
+
+
+def task_path(data_dir: str, task: Task, split: str) -> Optional[str]:
+    """``task``'s file for ``split`` in ``data_dir`` (also under a ``SPLIT_ALIASES`` name),
+    or None."""
+    for name in (split,) + SPLIT_ALIASES.get(split, ()):
+        path = os.path.join(data_dir, task.filename(name))
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def read_records(path: str) -> List[kilt.KiltRecord]:
+    """A task file's records for retrieval: gold outputs optional (test files have none)."""
+    return kilt.read_task_file(path, require_output=False)
 
 
 def benchmark_tasks(data_dir: str, split: str, names: Optional[Sequence[str]] = None) -> List[Task]:
@@ -56,11 +81,11 @@ def benchmark_tasks(data_dir: str, split: str, names: Optional[Sequence[str]] = 
     if names:
         tasks = [get_task(n) for n in names]
         for t in tasks:
-            path = os.path.join(data_dir, t.filename(split))
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"task {t.name!r}: no {split} file {path}")
+            if task_path(data_dir, t, split) is None:
+                raise FileNotFoundError(f"task {t.name!r}: no {split} file "
+                                        f"{os.path.join(data_dir, t.filename(split))}")
         return tasks
-    tasks = [t for t in registered_tasks() if os.path.exists(os.path.join(data_dir, t.filename(split)))]
+    tasks = [t for t in registered_tasks() if task_path(data_dir, t, split) is not None]
     if not tasks:
         raise FileNotFoundError(f"no KILT task files for split {split!r} in {data_dir}; expected "
                                 f"names like {registered_tasks()[0].filename(split)}")
@@ -73,6 +98,8 @@ def page_guesses(rows: np.ndarray, scores: np.ndarray, table: PassageTable) -> L
     for ranked, sc in zip(rows, scores):
         seen: Dict[str, dict] = {}
         for r, s in zip(ranked, sc):
+            if r < 0:  # no result (an approximate index found fewer than k)
+                continue
             p = table[int(r)]
             if p.page_id not in seen:
                 seen[p.page_id] = {"wikipedia_id": p.page_id, "title": p.title,
@@ -83,28 +110,103 @@ def page_guesses(rows: np.ndarray, scores: np.ndarray, table: PassageTable) -> L
     return out
 
 
-def evaluate_task(task: Task, records: List[kilt.KiltRecord], gold_path: str, retriever,
-                  table: PassageTable, guess_path: str, depth: int, ks: Sequence[int]) -> dict:
-    """Retrieves for one task's records, writes its guess file and scores it."""
-    t0 = time.time()
-    rows, scores = retriever.search([r.input for r in records], k=depth, show_progress=False)
-    search_s = time.time() - t0
+def search_task(retriever: Any, task: Task, queries: Sequence[str],
+                k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(rows, scores) [Q, k] of ``retriever`` for one task's raw queries: its
+    ``search_task(task, queries, k)`` when it has one (queries formatted per task), else
+    ``search(queries, k)``."""
+    by_task = getattr(retriever, "search_task", None)
+    if by_task is not None:
+        return by_task(task, queries, k)
+    return retriever.search(list(queries), k=k, show_progress=False)
+
+
+def score_task(task: Task, records: List[kilt.KiltRecord], gold_path: str, rows: np.ndarray,
+               scores: np.ndarray, table: PassageTable, guess_path: str, ks: Sequence[int],
+               trec_path: Optional[str] = None, run_name: str = "run") -> dict:
+    """Writes one task's KILT guess file (and TREC run file) for a passage ranking and
+    scores it: page level from the written guess file with the KILT scorer
+    (``metrics.evaluate``), passage level over the records with passage gold.
+
+    Args:
+      task, records, gold_path: the task, its records and their file.
+      rows, scores: [Q, k] passage rows (-1: none) and scores, best first.
+      table: the passage table of ``rows``.
+      guess_path, trec_path: output files (no TREC file when None).
+      ks: cut-offs of precision / recall / success@k.
+      run_name: the TREC run name.
+    Returns:
+      ``{"task", "num_queries", "page", "passage_rprec", "passage", "passage_queries",
+      "guess_file", "trec_file"}``; metrics None for records without gold (test files).
+    """
     guesses = page_guesses(rows, scores, table)
     kilt.write_jsonl(guess_path, (kilt.guess_record(r.id, g, input_text=r.input)
                                   for r, g in zip(records, guesses)))
-    page = metrics.evaluate(gold_path, guess_path, ks=ks, rank_keys=["wikipedia_id"])
+    if trec_path is not None:
+        ids = [[table.ids[int(i)] if i >= 0 else "" for i in ranked] for ranked in rows]
+        trec.write_trec(trec_path, [r.id for r in records], ids, scores, run_name)
+    page = None
+    if any(r.provenance_sets() for r in records):
+        page = metrics.evaluate(gold_path, guess_path, ks=ks, rank_keys=["wikipedia_id"])
+    else:
+        log.warning("%s: no gold provenance (a test file?): guess file only", gold_path)
     # Passage level: defined for records whose provenance has paragraph spans; the same
     # metrics as the page level (KILT semantics) with passage ids as the ranked ids.
     p_scores = []
     for rec, ranked in zip(records, rows):
         gold = passage_gold_ids(rec, table)
         if gold:
-            p_scores.append(metrics.record_metrics([table.ids[i] for i in ranked], gold, ks))
+            p_scores.append(metrics.record_metrics([table.ids[i] for i in ranked if i >= 0],
+                                                   gold, ks))
     passage = ({key: float(np.mean([s[key] for s in p_scores])) for key in p_scores[0]}
                if p_scores else None)
     return {"task": task.name, "num_queries": len(records), "page": page,
             "passage_rprec": passage["Rprec"] if passage else None, "passage": passage,
-            "passage_queries": len(p_scores), "search_seconds": search_s}
+            "passage_queries": len(p_scores), "guess_file": guess_path, "trec_file": trec_path}
+
+
+def evaluate_task(task: Task, records: List[kilt.KiltRecord], gold_path: str, retriever,
+                  table: PassageTable, guess_path: str, depth: int, ks: Sequence[int],
+                  trec_path: Optional[str] = None, run_name: str = "run") -> dict:
+    """Retrieves ``depth`` passages for one task's records (``search_task``), writes its
+    guess (and TREC) file and scores it (``score_task``; adds "search_seconds")."""
+    t0 = time.time()
+    rows, scores = search_task(retriever, task, [r.input for r in records], depth)
+    search_s = time.time() - t0
+    return {**score_task(task, records, gold_path, rows, scores, table, guess_path, ks,
+                         trec_path, run_name), "search_seconds": search_s}
+
+
+def evaluate_tasks(retriever: Any, table: PassageTable, data_dir: str, out_dir: str,
+                   task_list: Sequence[Task], split: str, depth: int, ks: Sequence[int],
+                   results: Dict[str, Any]) -> dict:
+    """Every task of ``task_list``: guess files, TREC files, scores; then ``results.json``
+    and ``table.{md,csv,json}`` in ``out_dir``.
+
+    Args:
+      retriever: ``search(queries, k)`` or ``search_task(task, queries, k)``.
+      table: its passage table; data_dir: the task files; split: which ones.
+      depth, ks: passages per query; metric cut-offs.
+      results: the header of ``results.json``: at least "retriever" (its name; the
+        TREC run name unless there is a "run_name").
+    Returns:
+      ``results`` with "data_dir", "split", "num_passages", "passage_checksum" and "tasks".
+    """
+    results = {**results, "data_dir": data_dir, "split": split, "num_passages": len(table),
+               "passage_checksum": table.checksum, "tasks": {}}
+    for task in tqdm(task_list, desc="tasks"):
+        gold_path = task_path(data_dir, task, split)
+        records = read_records(gold_path)
+        results["tasks"][task.name] = evaluate_task(
+            task, records, gold_path, retriever, table,
+            os.path.join(out_dir, "guesses", f"{task.name}-{split}-guess.jsonl"), depth, ks,
+            os.path.join(out_dir, "trec", f"{task.name}-{split}.trec"),
+            results.get("run_name") or results["retriever"])
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    tables.write_tables(os.path.join(out_dir, "table"), result_rows(results),
+                        list(results["tasks"]))
+    return results
 
 
 @gin.configurable
@@ -119,7 +221,7 @@ def run_evaluation(data_dir: Optional[str] = None, out_dir: str = "runs/bm25",
       data_dir: KILT-format benchmark; None generates the mini-KILT into out_dir/minikilt.
       out_dir: where guess files, results.json and tables go.
       tasks: task names (default: all registered tasks with a file for ``split``).
-      split: "dev" or "train".
+      split: "dev", "train" or "test" (no gold: guess and run files only).
       retriever: a name in ``RETRIEVERS``.
       depth: passages retrieved per query.
       ks: cut-offs for precision/recall/success@k.
@@ -139,20 +241,8 @@ def run_evaluation(data_dir: Optional[str] = None, out_dir: str = "runs/bm25",
     table = PassageTable.from_pages(pages, words_per_passage, chunk_mode)
     t0 = time.time()
     ret = RETRIEVERS[retriever](table)
-    index_s = time.time() - t0
-    results = {"data_dir": data_dir, "retriever": retriever, "split": split,
-               "num_passages": len(table), "passage_checksum": table.checksum,
-               "index_seconds": index_s, "tasks": {}}
-    for task in tqdm(task_list, desc="tasks"):
-        gold_path = os.path.join(data_dir, task.filename(split))
-        records = kilt.read_task_file(gold_path)
-        guess_path = os.path.join(out_dir, "guesses", f"{task.name}-{split}-guess.jsonl")
-        results["tasks"][task.name] = evaluate_task(task, records, gold_path, ret, table,
-                                                    guess_path, depth, ks)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    tables.write_tables(os.path.join(out_dir, "table"), result_rows(results), list(results["tasks"]))
-    return results
+    return evaluate_tasks(ret, table, data_dir, out_dir, task_list, split, depth, ks,
+                          {"retriever": retriever, "index_seconds": time.time() - t0})
 
 
 def result_rows(results: dict, ks: Sequence[int] = (5,)) -> Dict[str, Dict[str, Optional[float]]]:
@@ -163,7 +253,7 @@ def result_rows(results: dict, ks: Sequence[int] = (5,)) -> Dict[str, Dict[str, 
     name, per_task = results["retriever"].upper(), results["tasks"]
 
     def level(r, lvl):
-        return r["page"] if lvl == "page" else (r.get("passage") or {})
+        return (r.get("page") if lvl == "page" else r.get("passage")) or {}
 
     def row(lvl, key):
         vals = {t: level(r, lvl).get(key) for t, r in per_task.items()}
@@ -192,7 +282,7 @@ def main(argv):
     print(f"\n{results['retriever']} on {results['data_dir']} ({results['split']}, "
           f"{results['num_passages']} passages), KILT metrics x100:\n")
     print(tables.format_table(result_rows(results), list(results["tasks"])))
-    print(f"guess files and tables in {FLAGS.out_dir}")
+    print(f"guess files, TREC run files and tables in {FLAGS.out_dir}")
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           chunk_mode: str = "page", marker: str = "prefix", min_bleu: Optional[float] = 0.5,
           query_len: Optional[int] = None, tokenizer_dir: Optional[str] = None,
           init_from: Optional[str] = None, ance_episodes: int = 0, ance_episode_steps: int = 0,
-          ance_depth: int = 100, ance_sample: bool = True, reset_multitask_state: bool = False,
+          ance_depth: int = 100, ance_sample: bool = True, ance_index_spec: Optional[str] = None,
+          reset_multitask_state: bool = False,
           per_task: str = DEFAULT_PER_TASK, grad_cache_chunk: Optional[int] = None,
           model_parallel: int = 1, multihost: bool = False,
           coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -176,6 +177,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         from (few-shot fine-tuning of a leave-one-out model).
       ance_episodes, ance_episode_steps, ance_depth, ance_sample: ANCE episodes after the
         warm-up: steps each, ranking depth mined, sample from the top vs take the best.
+      ance_index_spec: mine with a FAISS index of this spec ("HNSW32", ...) instead of
+        exact search (``ance.mine_episode``).
       reset_multitask_state: re-initialise the multitask state (TACO EMA) at each episode.
       per_task, grad_cache_chunk: see ``train_step.make_train_step``.
       model_parallel: size of the mesh's "model" axis (parameters by the logical rules).
@@ -271,7 +274,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
            for t in benchmark_tasks(data_dir, "dev", val_names)}
     logger = ScalarLogger(os.path.join(model_dir, "tb")) if main_process else None
     mine_kw = dict(passage_len=eval_passage_len, query_len=query_len, marker=marker,
-                   batch_size=eval_batch_size, depth=ance_depth, sample=ance_sample)
+                   batch_size=eval_batch_size, depth=ance_depth, sample=ance_sample,
+                   index_spec=ance_index_spec)
 
     def validate_now(progress):  # on every process, with a process-local parameter copy
         return validate(model, distributed.host_local(state["params"]), tokenizer, table, dev,

@@ -111,6 +111,31 @@ def encode_passages_of(model: BiEncoder, params: Any, tokenizer: Tokenization,
                         progress=progress)
 
 
+def encode_queries_of(model: BiEncoder, params: Any, tokenizer: Tokenization, task: Task,
+                      texts: Sequence[str], marker: str = "prefix",
+                      query_len: Optional[int] = None, batch_size: int = 64,
+                      desc: Optional[str] = None, progress: bool = True) -> np.ndarray:
+    """Float32 [N, D] query embeddings of one task's raw inputs, formatted and encoded
+    exactly as training and validation see them: ``task.format_query(text, marker)``
+    (dataset prefix / task-type marker), truncated to ``task.max_query_len`` capped by
+    ``query_len``, through ``task``'s query tower. Validation, ANCE mining and
+    ``retrieve.py`` all encode queries through here.
+
+    Args:
+      model, params, tokenizer: the bi-encoder, its parameters and tokenization.
+      task: the queries' task.
+      texts: raw KILT ``input`` strings.
+      marker: "prefix", "type" or "none" (``Task.format_query``).
+      query_len: cap on the task's query length (e.g. the model's position limit).
+      batch_size, desc, progress: see ``encode_texts``.
+    """
+    tower = jnp.asarray(model.tower_index(task), jnp.int32)
+    return encode_texts(functools.partial(jitted_encoders(model)["query"], params, tower),
+                        tokenizer, [task.format_query(t, marker) for t in texts],
+                        min(task.max_query_len, query_len or task.max_query_len), batch_size,
+                        desc=desc or f"{task.name} queries", progress=progress)
+
+
 def page_ranking(rows: np.ndarray, table: PassageTable) -> list:
     """Page ids of a passage ranking, de-duplicated in rank order."""
     return list(dict.fromkeys(table.page_ids[int(r)] for r in rows if r >= 0))
@@ -138,7 +163,6 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
       ``{"tasks": {task: {"page_rprec", "passage_rprec" (None without passage gold),
       "recall@5", "num_queries", "passage_queries"}}, "avg_page_rprec", "passage_emb"}``.
     """
-    fns = jitted_encoders(model)
     if passage_emb is None:
         passage_emb = encode_passages_of(model, params, tokenizer, table, passage_len,
                                          batch_size, progress)
@@ -155,12 +179,8 @@ def validate(model: BiEncoder, params: Any, tokenizer: Tokenization, table: Pass
         if not records:
             log.warning("validation: task %s has no records with input; skipped", task.name)
             continue
-        tower = jnp.asarray(model.tower_index(task), jnp.int32)
-        q = encode_texts(functools.partial(fns["query"], params, tower), tokenizer,
-                         [task.format_query(r.input, marker) for r in records],
-                         min(task.max_query_len, query_len or task.max_query_len), batch_size,
-                         desc=f"{task.name} queries",
-                         progress=progress)
+        q = encode_queries_of(model, params, tokenizer, task, [r.input for r in records],
+                              marker, query_len, batch_size, progress=progress)
         rows, _ = exact_search(q, passage_emb, k)
         res = ranking_metrics(records, rows, table)
         out["tasks"][task.name] = res

@@ -184,6 +184,30 @@ def test_approximate_recall(clustered, spec, params, threshold):
     assert (np.diff(scores, axis=1) <= 0).all()  # best first
 
 
+@pytest.mark.parametrize("spec", ["HNSW16", "PCA32,HNSW16"])
+def test_hnsw_searches_with_ef_at_least_k(normal, spec):
+    """FAISS does not raise efSearch to k (a k=100 search with efSearch=16 finds about half
+    of the true top 100); ``search`` does, for the call only, so it equals a search with
+    efSearch=k set by hand, and a larger efSearch is kept."""
+    x, q = normal
+    idx = fi.build_index(x, spec, progress=False).set_params(efSearch=16)
+    hnsw = fi._hnsw_of(idx.index)
+    ref = exact_search(q, x, 100)[0]
+    rows, scores = idx.search(q, 100)
+    assert hnsw.efSearch == 16  # restored
+    assert _recall(rows, ref) > 0.85 and (rows >= 0).all()
+    assert (np.diff(scores, axis=1) <= 0).all()
+    hnsw.efSearch = 100  # by hand: the same beam
+    np.testing.assert_array_equal(idx.search(q, 100)[0], rows)
+    hnsw.efSearch = 16  # plain FAISS with efSearch < k: the recall the fix avoids
+    plain = idx.index.search(q, 100)[1]
+    assert _recall(plain, ref) < _recall(rows, ref) - 0.2
+    idx.set_params(efSearch=400)  # >= k: used as set, not lowered
+    deeper = idx.search(q, 100)[0]
+    assert hnsw.efSearch == 400 and _recall(deeper, ref) >= _recall(rows, ref)
+    assert fi._hnsw_of(fi.build_index(x[:100], "Flat", progress=False).index) is None
+
+
 def test_errors(normal):
     x, q = normal
     with pytest.raises(ValueError, match="bad FAISS index spec"):

@@ -150,8 +150,10 @@ def _parse_provenance(prov: Any) -> Provenance:
         bleu_score=None if bleu is None else float(bleu), section=prov.get("section"))
 
 
-def parse_record(obj: Any, source: str, *, require_input: bool = True) -> KiltRecord:
-    """Validates one decoded JSON object as a KILT task record.
+def parse_record(obj: Any, source: str, *, require_input: bool = True,
+                 require_output: bool = True) -> KiltRecord:
+    """Validates one decoded JSON object as a KILT task record. With
+    ``require_output=False`` a record without ``output`` (KILT's test files) has no outputs.
 
     Raises:
       ValueError: with a message naming the problem (callers add file:line).
@@ -171,6 +173,8 @@ def parse_record(obj: Any, source: str, *, require_input: bool = True) -> KiltRe
     elif not isinstance(inp, str):
         raise ValueError(f"'input' must be a string (record {rid!r})")
     outs = obj.get("output")
+    if outs is None and not require_output:
+        outs = []
     if not isinstance(outs, list):
         raise ValueError(f"missing 'output' list (record {rid!r})")
     outputs = []
@@ -188,6 +192,7 @@ def parse_record(obj: Any, source: str, *, require_input: bool = True) -> KiltRe
 
 
 def iter_records(path: PathLike, *, on_error: str = "raise", require_input: bool = True,
+                 require_output: bool = True,
                  stats: Optional[ReadStats] = None) -> Iterator[KiltRecord]:
     """Streams validated records of a KILT task file.
 
@@ -195,6 +200,7 @@ def iter_records(path: PathLike, *, on_error: str = "raise", require_input: bool
       path: a ``*-kilt.jsonl`` file.
       on_error: ``"raise"`` (default) or ``"skip"`` (count in ``stats`` and log).
       require_input: records without ``input`` are an error unless False.
+      require_output: records without ``output`` are an error unless False (test files).
       stats: filled with counts when given.
     Yields:
       ``KiltRecord`` in file order. Duplicate ids are bad input too.
@@ -208,7 +214,8 @@ def iter_records(path: PathLike, *, on_error: str = "raise", require_input: bool
         try:
             if err:
                 raise ValueError(err)
-            rec = parse_record(obj, f"{path}:{line_no}", require_input=require_input)
+            rec = parse_record(obj, f"{path}:{line_no}", require_input=require_input,
+                               require_output=require_output)
             if rec.id in seen:
                 raise ValueError(f"duplicate id ({rec.id!r}, first on line {seen[rec.id]})")
         except ValueError as e:

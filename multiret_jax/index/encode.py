@@ -1,9 +1,10 @@
 r"""Streaming corpus encoding into verified ``.npy`` shards, resumable and splittable.
 
-    python -m multiret_jax.index.encode --gin_file=taco_tiny.gin --model_dir=runs/taco_tiny \
-        --out_dir=runs/taco_tiny/emb                      # data: <model_dir>/minikilt
-    python -m multiret_jax.index.encode --gin_file=taco.gin --model_dir=RUN --data_dir=KILT \
+    python -m multiret_jax.index.encode --model_dir=runs/taco_tiny \
+        --out_dir=runs/taco_tiny/emb        # the run's config.gin; data: <model_dir>/minikilt
+    python -m multiret_jax.index.encode --model_dir=RUN --data_dir=KILT \
         --out_dir=EMB --shard_id=3 --num_shards=8 --dtype=float16   # job 3 of 8
+    python -m multiret_jax.index.encode --gin_file=taco.gin --model_dir=OLD_RUN ...  # no config.gin
 
     encode_corpus(encode_fn, tokenizer, table, out_dir, fingerprint="run-7")
     for ids, emb in iter_shards(out_dir, table):  # verified, one memmapped shard at a time
@@ -28,13 +29,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
-import gin
 import jax
 import numpy as np
 from absl import app, flags
@@ -42,14 +41,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from multiret_jax.data.passages import PassageTable
-from multiret_jax.gin_utils import define_gin_flags, parse_gin
-from multiret_jax.index.shards import (FORMAT, conflicts, file_sha256, iter_shards, job_shards,
+from multiret_jax.gin_utils import define_gin_flags
+from multiret_jax.index.shards import (FORMAT, conflicts, iter_shards, job_shards,
                                        load_embeddings, load_shards, manifest_path,
                                        read_manifests, shard_problem, write_json, write_npy)
 from multiret_jax.models.tokenization import Tokenization
+from multiret_jax.run_dir import load_run, parse_run_config, run_table
 from multiret_jax.validation import BUCKET, _is_jitted, jitted_encoders
 
 __all__ = ["encode_corpus", "encode_run", "passage_encoder", "params_fingerprint",
+           "tokenizer_fingerprint",
            "iter_shards", "load_shards", "load_embeddings", "read_manifests", "job_shards"]
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ def params_fingerprint(params: Any) -> str:
         h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}\n".encode())
         h.update(arr.tobytes())
     return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Tokenization) -> str:
+    """Hex sha256 of a tokenization's serialized tokenizer (a manifest's ``tokenizer_sha256``)."""
+    return hashlib.sha256(tokenizer.tokenizer.to_str().encode()).hexdigest()
 
 
 def passage_encoder(model, params: Any, devices: Optional[Sequence[jax.Device]] = None):
@@ -151,7 +157,7 @@ def encode_corpus(encode_fn: Callable[[Any, Any], Any], tokenizer: Tokenization,
     fn = encode_fn if not jit or _is_jitted(encode_fn) else jax.jit(encode_fn)
     settings = {"format": FORMAT, "table_checksum": table.checksum, "num_passages": len(table),
                 "model_fingerprint": fingerprint,
-                "tokenizer_sha256": hashlib.sha256(tokenizer.tokenizer.to_str().encode()).hexdigest(),
+                "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
                 "passage_len": passage_len, "dtype": dtype, "shard_size": shard_size,
                 "num_shards": num_shards}
     os.makedirs(out_dir, exist_ok=True)
@@ -218,20 +224,13 @@ def encode_corpus(encode_fn: Callable[[Any, Any], Any], tokenizer: Tokenization,
     return {**manifest, "encoded": todo, "reused": reused}
 
 
-def _gin_value(name: str, default: Any) -> Any:
-    try:
-        value = gin.query_parameter(name)
-    except ValueError:  # not bound
-        return default
-    return default if value is None else value
-
-
 def encode_run(model_dir: str, out_dir: str, data_dir: Optional[str] = None,
                params_path: Optional[str] = None, tokenizer_dir: Optional[str] = None,
                passage_len: Optional[int] = None, chunk_mode: Optional[str] = None,
                **kwargs) -> Dict[str, Any]:
     """``encode_corpus`` with a trained run: ``build_biencoder()`` as the parsed gin config
-    (the run's ``--gin_file``/``--gin_param``) builds it, with the run's parameters.
+    (the run's ``config.gin`` via ``run_dir.parse_run_config``, or its ``--gin_file`` /
+    ``--gin_param``) builds it, with the run's parameters (``run_dir.load_run``).
 
     Args:
       model_dir: the run directory (``train.model_dir``).
@@ -239,46 +238,23 @@ def encode_run(model_dir: str, out_dir: str, data_dir: Optional[str] = None,
       data_dir: KILT directory (``knowledge_source.jsonl``) or a saved ``PassageTable``;
         default gin ``train.data_dir``, else ``<model_dir>/minikilt``.
       params_path: default ``<model_dir>/final_params.safetensors``.
-      tokenizer_dir: default ``<model_dir>/tokenizer``, ``model_dir``, the checkpoint's.
+      tokenizer_dir: default as in training (``run_dir.find_tokenizer``).
       passage_len, chunk_mode: default gin ``train.eval_passage_len`` / ``train.passage_len``
-        (else 128, capped by the model's positions) and ``train.chunk_mode`` (else "page").
+        (capped by the model's positions) and ``train.chunk_mode``.
       **kwargs: ``encode_corpus`` options (shard_size, batch_size, shard_id, ...).
     """
-    from multiret_jax import train  # registers train.*, so the run's gin files parse
-    from multiret_jax.data import kilt
-    from multiret_jax.models.encoders import build_biencoder
-    model, params, cfg = build_biencoder()
-    params_path = params_path or os.path.join(model_dir, "final_params.safetensors")
-    params = train.load_params_into(params_path, params)
-    tok_dir = next((d for d in (tokenizer_dir, os.path.join(model_dir, "tokenizer"), model_dir,
-                                model.source_dir)
-                    if d and any(os.path.isfile(os.path.join(d, f))
-                                 for f in ("tokenizer.json", "vocab.txt"))), None)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{model_dir}: no tokenizer found; give --tokenizer_dir")
-    data_dir = data_dir or _gin_value("train.data_dir", None) or os.path.join(model_dir, "minikilt")
-    if os.path.isfile(os.path.join(data_dir, "passages.jsonl")):
-        table = PassageTable.load(data_dir)
-    else:
-        table = PassageTable.from_pages(kilt.iter_knowledge_source(
-            os.path.join(data_dir, "knowledge_source.jsonl")),
-            mode=chunk_mode or _gin_value("train.chunk_mode", "page"))
-    passage_len = (passage_len or _gin_value("train.eval_passage_len", None)
-                   or _gin_value("train.passage_len", 128))
-    passage_len = min(passage_len, getattr(cfg, "max_position_embeddings", None) or passage_len)
-    model_cfg = json.dumps(gin.get_bindings("build_biencoder"), sort_keys=True, default=str)
-    fingerprint = f"params_sha256={file_sha256(params_path)} build_biencoder={model_cfg}"
-    return encode_corpus(passage_encoder(model, params), Tokenization.from_dir(tok_dir), table,
-                         out_dir, fingerprint=fingerprint, passage_len=passage_len,
-                         metadata={"params": os.path.abspath(params_path),
+    run = load_run(model_dir, params_path, tokenizer_dir, passage_len)
+    table, data_dir = run_table(model_dir, data_dir, chunk_mode)
+    return encode_corpus(passage_encoder(run.model, run.params), run.tokenizer, table,
+                         out_dir, fingerprint=run.fingerprint, passage_len=run.passage_len,
+                         metadata={"params": os.path.abspath(run.params_path),
                                    "data_dir": os.path.abspath(data_dir)}, **kwargs)
 
 
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    importlib.import_module("multiret_jax.train")  # registers train.* for the run's gin files
-    parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    parse_run_config(FLAGS.model_dir, FLAGS.gin_file, FLAGS.gin_param)
     res = encode_run(FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, FLAGS.params,
                      FLAGS.tokenizer_dir, FLAGS.passage_len, FLAGS.chunk_mode,
                      shard_size=FLAGS.shard_size, batch_size=FLAGS.batch_size,

@@ -26,7 +26,8 @@ Scores are converted back, so every search returns inner products either way. Wh
 passage norms vary widely, M is set by the tail and the extra coordinate dominates; on the
 benchmark's data (norms 7-93) it loses recall (benchmarks/faiss_recall.py). FAISS does not
 raise HNSW's efSearch to k: a k=100 search with efSearch=16 finds no more of the true top
-10 than k=10 does, so set efSearch >= k for deep searches (e.g. negative mining).
+10 than k=10 does; ``DenseIndex.search`` therefore searches with efSearch >= k (raising it
+for the call only), and a larger efSearch set with ``set_params`` still applies.
 
 No ``IndexIDMap``: passage ids live in ``ids.npy`` (a unicode array, loaded without pickle)
 next to the index; FAISS row ``r`` is passage ``ids[r]`` and global row ``row_offset + r``.
@@ -89,6 +90,16 @@ def _sort_results(rows: np.ndarray, scores: np.ndarray, k: int, *extra: np.ndarr
     return tuple(np.take_along_axis(a, order, axis=1) for a in (rows, scores) + extra)
 
 
+def _hnsw_of(index) -> Optional[Any]:
+    """The ``faiss.HNSW`` graph of an HNSW index (also under a pre-transform or refine
+    wrapper), or None."""
+    index = faiss.downcast_index(index)
+    if hasattr(index, "hnsw"):
+        return index.hnsw
+    inner = getattr(index, "base_index", None) or getattr(index, "index", None)
+    return _hnsw_of(inner) if isinstance(inner, faiss.Index) else None
+
+
 class DenseIndex:
     """A FAISS index plus the passage ids of its rows and a global row offset.
 
@@ -127,7 +138,8 @@ class DenseIndex:
         Args:
           queries: [Q, dim] query embeddings (any float dtype).
           k: results per query; missing results (k > ntotal, or an approximate index that
-            finds fewer) are row -1 with score -inf.
+            finds fewer) are row -1 with score -inf. HNSW indexes search with
+            ``efSearch = max(efSearch, k)`` (restored afterwards): FAISS does not raise it.
           batch_size: queries per FAISS call.
           progress: tqdm bar over batches.
         Returns:
@@ -144,6 +156,20 @@ class DenseIndex:
         scores = np.full((len(q), k), -np.inf, np.float32)
         if k == 0 or self.ntotal == 0:
             return rows, scores
+        hnsw = _hnsw_of(self.index)
+        ef = None if hnsw is None else int(hnsw.efSearch)
+        if ef is not None and ef < k:  # FAISS keeps efSearch < k: its beam then misses
+            hnsw.efSearch = k          # most of the true top k (see the module docstring)
+        try:
+            self._search_batches(q, k, bs, rows, scores, progress)
+        finally:
+            if ef is not None:
+                hnsw.efSearch = ef
+        return _sort_results(rows, scores, k)
+
+    def _search_batches(self, q: np.ndarray, k: int, bs: int, rows: np.ndarray,
+                        scores: np.ndarray, progress: bool) -> None:
+        """Fills ``rows`` / ``scores`` [Q, k] (unsorted) batch by batch."""
         starts = range(0, len(q), bs)
         for s in tqdm(starts, desc=f"search {self.spec}", disable=not progress or len(starts) < 2):
             x = np.ascontiguousarray(q[s:s + bs])
@@ -154,7 +180,6 @@ class DenseIndex:
                 dist, idx = self.index.search(x, k)
             rows[s:s + bs] = np.where(idx >= 0, idx + self.row_offset, -1)
             scores[s:s + bs] = np.where(idx >= 0, dist, -np.inf)
-        return _sort_results(rows, scores, k)
 
     def search_ids(self, queries: np.ndarray, k: int, **kw) -> Tuple[np.ndarray, np.ndarray]:
         """``search``, returning passage-id strings [Q, k] ("" where none) and scores."""

@@ -5,14 +5,24 @@ and mines hard negatives: top-ranked passages that are not gold (and, by default
 a gold page). ``exact_search`` is an exact inner-product top-k in numpy that streams over
 passage blocks, so memory is O(Q * block_size + Q * k) rather than O(Q * P);
 ``mine_negatives`` searches to ``depth`` and hands the ranking to ``filter_negatives``,
-which ``BM25Retriever.hard_negatives`` shares.
+which ``BM25Retriever.hard_negatives`` shares. It searches passage embeddings exactly or
+any index with ``search(queries, k)`` (a FAISS ``DenseIndex``: HNSW / IVF for corpora too
+large for exact search)::
+
+    negs = mine_negatives(q, passage_emb, positives, table.page_ids, num=2, depth=100)
+    index = faiss_index.build_index(lambda: iter_shards(emb_dir, table), "HNSW32")
+    negs = mine_negatives(q, index, positives, table.page_ids, num=2, depth=200, sample=True)
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+# Passage embeddings [P, D], an object with ``search(queries, k) -> (rows, scores)`` (a
+# ``faiss_index.DenseIndex``), or such a search function.
+Searcher = Union[np.ndarray, Any, Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]]
 
 
 def _block_topk(scores: np.ndarray, k: int) -> np.ndarray:
@@ -123,7 +133,31 @@ def filter_negatives(ranked_rows: np.ndarray, positives: Sequence[np.ndarray],
     return out
 
 
-def mine_negatives(query_emb: np.ndarray, passage_emb: np.ndarray,
+def search_rows(query_emb: np.ndarray, passages: Searcher, depth: int,
+                block_size: int = 65536) -> np.ndarray:
+    """Passage rows [Q, <= depth] ranked best first (-1: padding) by any ``Searcher``.
+
+    Args:
+      query_emb: [Q, D] query embeddings.
+      passages: [P, D] passage embeddings (exact search, streamed in ``block_size``
+        blocks), or an object with ``search(queries, k) -> (rows, scores)`` such as a
+        ``faiss_index.DenseIndex`` (rows are its global rows), or a callable
+        ``(queries, k) -> (rows, scores)``.
+      depth: results per query.
+    """
+    if callable(getattr(passages, "search", None)):
+        rows, _ = passages.search(query_emb, depth)
+    elif callable(passages):
+        rows, _ = passages(query_emb, depth)
+    else:
+        rows, _ = exact_search(query_emb, passages, depth, block_size=block_size)
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or len(rows) != len(query_emb):
+        raise ValueError(f"search returned rows of shape {rows.shape} for {len(query_emb)} queries")
+    return rows
+
+
+def mine_negatives(query_emb: np.ndarray, passages: Searcher,
                    positives: Sequence[np.ndarray], page_ids: Sequence[str], num: int,
                    depth: int = 100, exclude_gold_pages: bool = True,
                    gold_pages: Optional[Sequence[Sequence[str]]] = None,
@@ -132,18 +166,31 @@ def mine_negatives(query_emb: np.ndarray, passage_emb: np.ndarray,
     """Dense hard negatives (ANCE): search to ``depth``, drop gold, keep ``num``.
 
     Args:
-      query_emb: [Q, D] query embeddings; passage_emb: [P, D] passage embeddings.
+      query_emb: [Q, D] query embeddings.
+      passages: what to search (``search_rows``): [P, D] passage embeddings (exact
+        search), a ``DenseIndex`` (e.g. HNSW for a large corpus; its rows must be rows of
+        ``page_ids``: build it over the whole table, or shards with ``row_offset``) or a
+        callable ``(queries, k) -> (rows, scores)``. A Flat index gives exactly the
+        negatives of exact search (both break score ties to the lower row).
       positives: per query, the gold passage rows.
       page_ids: page id of every passage row (``PassageTable.page_ids``).
       num, depth: negatives per query, taken from the top ``depth`` (clamped to P).
       exclude_gold_pages, gold_pages, sample, rng: see ``filter_negatives``.
+      block_size: passages scored at a time by exact search.
     Returns:
       int64 [Q, num], -1 padded.
     """
     if len(positives) != len(query_emb):
         raise ValueError(f"{len(positives)} positive lists for {len(query_emb)} queries")
-    if len(page_ids) != len(passage_emb):
-        raise ValueError(f"{len(page_ids)} page ids for {len(passage_emb)} passages")
-    rows, _ = exact_search(query_emb, passage_emb, depth, block_size=block_size)
+    if hasattr(passages, "shape") and len(page_ids) != len(passages):
+        raise ValueError(f"{len(page_ids)} page ids for {len(passages)} passages")
+    if hasattr(passages, "ntotal") and passages.row_offset + passages.ntotal > len(page_ids):
+        raise ValueError(f"index rows [{passages.row_offset}, "
+                         f"{passages.row_offset + passages.ntotal}) exceed the {len(page_ids)} "
+                         "page ids (an index of another passage table?)")
+    rows = search_rows(query_emb, passages, depth, block_size)
+    if rows.size and rows.max() >= len(page_ids):
+        raise ValueError(f"search returned row {rows.max()} but there are {len(page_ids)} "
+                         "page ids (an index of another passage table?)")
     return filter_negatives(rows, positives, page_ids, num, exclude_gold_pages, gold_pages,
                             sample=sample, rng=rng)

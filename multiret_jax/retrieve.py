@@ -1,0 +1,204 @@
+r"""Dense retrieval with a trained run on a KILT-format benchmark: encode the corpus, index
+it with FAISS, retrieve for every task, write KILT guess and TREC run files, score them.
+
+    python -m multiret_jax.retrieve --model_dir=runs/taco_tiny --out_dir=runs/taco_tiny/dense
+    python -m multiret_jax.retrieve --model_dir=RUN --data_dir=/data/kilt --out_dir=OUT \
+        --index_spec=HNSW32 --ef_search=256 --tasks=nq,fever --split=dev --k=100
+    python -m multiret_jax.retrieve --model_dir=RUN --data_dir=KILT --out_dir=OUT \
+        --emb_dir=RUN/emb --index_spec="IVF1024,SQ8" --nprobe=64  # shards of index.encode
+    python -m multiret_jax.retrieve --model_dir=RUN --data_dir=KILT --out_dir=OUT --split=test
+    python -m multiret_jax.compare --runs bm25=runs/bm25 taco=OUT
+
+1. The run: ``<model_dir>/config.gin`` (the run's full gin config, written by ``train.py``;
+   a run without one needs ``--gin_file``), then ``--gin_file`` / ``--gin_param``
+   overrides; the model, ``final_params.safetensors`` and the tokenizer (``run_dir.py``).
+2. The corpus (``--data_dir``, default the run's ``train.data_dir`` / ``<model_dir>/minikilt``)
+   chunked as in training, encoded into verified shards in ``--emb_dir`` (default
+   ``<out_dir>/emb``; resumed, shards already there reused) and indexed shard by shard into
+   ``--index_dir`` (default ``<out_dir>/index/<spec>``); a saved index of the same
+   embeddings is loaded instead (``index/corpus.py``), so a second run encodes nothing.
+3. Queries: each task's ``input`` with the task's prefix or type marker, length and query
+   tower exactly as training and validation format them (``validation.encode_queries_of``).
+4. Top-``k`` passages per query, then the files and scores of ``evaluate.py``
+   (``evaluate.evaluate_tasks``): ``guesses/<task>-<split>-guess.jsonl`` (one output, pages
+   de-duplicated in rank order, each with its best passage's span), ``trec/<task>-<split>.trec``
+   (``qid Q0 passage_id rank score run_name``), ``results.json`` (KILT scorer's page metrics
+   from the written guess files, passage metrics; None for records without gold, e.g.
+   ``--split=test``, which still get guess files) and ``table.{md,csv,json}``.
+
+``--nprobe`` (IVF) and ``--ef_search`` (HNSW; searches use at least ``k``) set search
+parameters; they do not change the saved index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import app, flags
+
+from multiret_jax import evaluate, tables
+from multiret_jax.data.tasks import Task
+from multiret_jax.gin_utils import define_gin_flags
+from multiret_jax.index.corpus import corpus_index
+from multiret_jax.index.faiss_index import DenseIndex
+from multiret_jax.run_dir import TrainedRun, load_run, parse_run_config, run_table
+from multiret_jax.validation import encode_queries_of
+
+log = logging.getLogger(__name__)
+
+
+class DenseRetriever:
+    """A trained run's query encoder over a ``DenseIndex`` of its passage table (index row
+    r = table row r), with ``search_task`` for ``evaluate.evaluate_tasks``."""
+
+    def __init__(self, run: TrainedRun, index: DenseIndex, batch_size: int = 64,
+                 progress: bool = True):
+        self.run, self.index = run, index
+        self.batch_size, self.progress = batch_size, progress
+
+    def encode(self, task: Task, queries: Sequence[str]) -> np.ndarray:
+        """[Q, D] embeddings of raw queries of ``task``, formatted as in training."""
+        r = self.run
+        return encode_queries_of(r.model, r.params, r.tokenizer, task, queries, r.marker,
+                                 r.query_len, self.batch_size, progress=self.progress)
+
+    def search_task(self, task: Task, queries: Sequence[str],
+                    k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) [Q, k]: table rows best first (-1: none found) and inner products."""
+        return self.index.search(self.encode(task, queries), k, progress=self.progress)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_") or "run"
+
+
+def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, *,
+                  emb_dir: Optional[str] = None, index_dir: Optional[str] = None,
+                  index_spec: str = "Flat", tasks: Optional[Sequence[str]] = None,
+                  split: str = "dev", k: int = 100, ks: Sequence[int] = (1, 5, 10, 20),
+                  nprobe: Optional[int] = None, ef_search: Optional[int] = None,
+                  gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
+                  params_path: Optional[str] = None, tokenizer_dir: Optional[str] = None,
+                  batch_size: Optional[int] = None, shard_size: Optional[int] = None,
+                  dtype: Optional[str] = None, train_size: int = 100_000, seed: int = 0,
+                  overwrite: bool = False, run_name: Optional[str] = None,
+                  progress: bool = True) -> Dict[str, Any]:
+    """Retrieves with a trained run for every task, writes guess / TREC files, scores them.
+    Replaces the process's gin config with the run's (``run_dir.parse_run_config``).
+
+    Args:
+      model_dir: the training run directory.
+      out_dir: guesses/, trec/, results.json, table.*; default home of emb/ and index/.
+      data_dir: KILT directory (default the run's ``train.data_dir`` or its mini-KILT).
+      emb_dir, index_dir: shard / index directories (default ``<out_dir>/emb``,
+        ``<out_dir>/index/<spec>``).
+      index_spec: ``faiss.index_factory`` string ("Flat", "HNSW32", "IVF1024,SQ8").
+      tasks, split: tasks (default every task with a ``split`` file) and split ("dev",
+        "train", "test": no gold, guess and run files only).
+      k, ks: passages per query; metric cut-offs.
+      nprobe, ef_search: IVF / HNSW search parameters.
+      gin_files, gin_params: after (or, without ``config.gin``, instead of) the run's config.
+      params_path, tokenizer_dir: default the run's.
+      batch_size: encoder batch (default ``train.eval_batch_size``).
+      shard_size, dtype: of new embedding shards (default: those in ``emb_dir``).
+      train_size, seed: training sample of trainable indexes (IVF, PQ).
+      overwrite: replace shards / an index made otherwise instead of raising.
+      run_name: TREC run name (default the run directory's name).
+      progress: tqdm bars.
+    Returns:
+      The results dict (also ``results.json``): evaluate.py's keys plus the run, index and
+      encoding details ("index": built / loaded, "encoded_shards", "reused_shards").
+    Raises:
+      FileNotFoundError: no run directory, no config.gin (without ``gin_files``), no
+        parameters / tokenizer / task files. ValueError: shards or an index made otherwise.
+    """
+    parse_run_config(model_dir, gin_files, gin_params)
+    run = load_run(model_dir, params_path, tokenizer_dir)
+    table, data_dir = run_table(model_dir, data_dir)
+    task_list = evaluate.benchmark_tasks(data_dir, split, tasks)  # fail before encoding
+    batch_size = batch_size or run.batch_size
+    emb_dir = emb_dir or os.path.join(out_dir, "emb")
+    index_dir = index_dir or os.path.join(out_dir, "index", _slug(index_spec))
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.time()
+    index, info = corpus_index(run, table, emb_dir, index_dir, index_spec,
+                               train_size=train_size, seed=seed, shard_size=shard_size,
+                               dtype=dtype, batch_size=batch_size, overwrite=overwrite,
+                               progress=progress)
+    index_s = time.time() - t0
+    search_params = {name: v for name, v in (("nprobe", nprobe), ("efSearch", ef_search))
+                     if v is not None}
+    index.set_params(**search_params)
+    log.info("index %s: %s (%d passages; %d shards encoded, %d reused) in %.1fs", index_dir,
+             info["index"], index.ntotal, len(info["encoded"]), len(info["reused"]), index_s)
+    header = {"retriever": "dense", "run_name": _slug(run_name or os.path.basename(
+                  os.path.normpath(os.path.abspath(model_dir)))),
+              "model_dir": os.path.abspath(model_dir), "params": os.path.abspath(run.params_path),
+              "index_spec": index_spec, "index_dir": index_dir, "emb_dir": emb_dir,
+              "index": info["index"], "encoded_shards": info["encoded"],
+              "reused_shards": info["reused"], "search_params": search_params, "k": k,
+              "marker": run.marker, "query_len": run.query_len, "passage_len": run.passage_len,
+              "index_seconds": index_s}
+    retriever = DenseRetriever(run, index, batch_size, progress)
+    return evaluate.evaluate_tasks(retriever, table, data_dir, out_dir, task_list, split, k,
+                                   ks, header)
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        results = run_retrieval(
+            FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, emb_dir=FLAGS.emb_dir,
+            index_dir=FLAGS.index_dir, index_spec=FLAGS.index_spec, tasks=FLAGS.tasks,
+            split=FLAGS.split, k=FLAGS.k, ks=[int(x) for x in FLAGS.ks], nprobe=FLAGS.nprobe,
+            ef_search=FLAGS.ef_search, gin_files=FLAGS.gin_file, gin_params=FLAGS.gin_param,
+            params_path=FLAGS.params, tokenizer_dir=FLAGS.tokenizer_dir,
+            batch_size=FLAGS.batch_size, shard_size=FLAGS.shard_size, dtype=FLAGS.dtype,
+            train_size=FLAGS.train_size, overwrite=FLAGS.overwrite, run_name=FLAGS.run_name)
+    except FileNotFoundError as e:  # a wrong path or a missing file: the message says which
+        sys.exit(f"retrieve: error: {e}")
+    print(f"\n{results['run_name']} ({results['index_spec']} index, {results['index']}) on "
+          f"{results['data_dir']} ({results['split']}, {results['num_passages']} passages), "
+          "KILT metrics x100:\n")
+    print(tables.format_table(evaluate.result_rows(results), list(results["tasks"])))
+    print(f"guess files, TREC run files and tables in {FLAGS.out_dir}")
+
+
+def define_flags() -> None:
+    define_gin_flags()
+    flags.DEFINE_string("model_dir", None, "Trained run directory.", required=True)
+    flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
+    flags.DEFINE_string("data_dir", None, "KILT directory (default: the run's data).")
+    flags.DEFINE_string("emb_dir", None, "Embedding shards (default: <out_dir>/emb).")
+    flags.DEFINE_string("index_dir", None, "FAISS index (default: <out_dir>/index/<spec>).")
+    flags.DEFINE_string("index_spec", "Flat", "faiss.index_factory string (Flat, HNSW32, "
+                        "IVF1024,SQ8, ...).")
+    flags.DEFINE_list("tasks", None, "Task names (default: all with files for --split).")
+    flags.DEFINE_string("split", "dev", "dev, train or test (test: guess files only).")
+    flags.DEFINE_integer("k", 100, "Passages retrieved per query.")
+    flags.DEFINE_list("ks", ["1", "5", "10", "20"], "Metric cut-offs.")
+    flags.DEFINE_integer("nprobe", None, "IVF lists searched.")
+    flags.DEFINE_integer("ef_search", None, "HNSW beam width (at least k is used).")
+    flags.DEFINE_string("params", None, "Parameter file (default: final_params.safetensors).")
+    flags.DEFINE_string("tokenizer_dir", None, "Tokenizer directory (default: the run's).")
+    flags.DEFINE_integer("batch_size", None, "Encoder batch (default: train.eval_batch_size).")
+    flags.DEFINE_integer("shard_size", None, "Passages per shard (default: existing / 100000).")
+    flags.DEFINE_enum("dtype", None, ["float32", "float16"], "Stored embedding dtype.")
+    flags.DEFINE_integer("train_size", 100_000, "Training sample of IVF / PQ indexes.")
+    flags.DEFINE_boolean("overwrite", False, "Replace shards / an index made otherwise.")
+    flags.DEFINE_string("run_name", None, "TREC run name (default: the run directory's name).")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
