@@ -89,12 +89,19 @@ def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm
 
 
 def _tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Optional[str],
-               vocab_texts: Callable[[], Sequence[str]], vocab_size: int) -> Tokenization:
-    """The checkpoint's / given vocabulary, else a word-level one built from the passages and
-    the formatted training queries (queries word their questions differently from the
-    passages; a passage-only vocabulary would map those words to [UNK]), kept in model_dir."""
+               vocab_texts: Callable[[], Sequence[str]], vocab_size: int,
+               init_from: Optional[str] = None) -> Tokenization:
+    """The given / ``init_from`` run's / checkpoint's vocabulary, else a word-level one built
+    from the passages and the formatted training queries (queries word their questions
+    differently from the passages; a passage-only vocabulary would map those words to
+    [UNK]), kept in model_dir. A run initialised from another run uses that run's own
+    vocabulary: its embedding rows belong to those token ids."""
     own = os.path.join(model_dir, "tokenizer")
-    for d in (tokenizer_dir, checkpoint_dir):
+    init_tok = None
+    if init_from:
+        init_tok = os.path.join(init_from if os.path.isdir(init_from)
+                                else os.path.dirname(init_from), "tokenizer")
+    for d in (tokenizer_dir, init_tok, checkpoint_dir):
         if d and any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
             return Tokenization.from_dir(d)
     if tokenizer_dir:
@@ -230,7 +237,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
                           max_examples, seed)
     vocab_texts = lambda: table.contents() + [d.task.format_query(e.query, marker)
                                               for d in data.values() for e in d.examples]
-    tokenizer = _tokenizer(model_dir, tokenizer_dir, model.source_dir, vocab_texts, cfg.vocab_size)
+    tokenizer = _tokenizer(model_dir, tokenizer_dir, model.source_dir, vocab_texts, cfg.vocab_size,
+                           init_from)
     plan = ance.EpisodePlan(steps, ance_episodes, ance_episode_steps)
     total = plan.total_steps
     sampler = MixingSampler({t: len(d.examples) for t, d in data.items()}, global_batch,

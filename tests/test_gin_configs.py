@@ -112,6 +112,10 @@ def test_leave_one_out_then_few_shot_tiny(tmp_path):
     a = load_file(str(tmp_path / "leave_one_out_tiny" / "final_params.safetensors"))
     b = load_file(str(tmp_path / "few_shot_128_tiny" / "final_params.safetensors"))
     assert a.keys() == b.keys() and any(not np.array_equal(a[k], b[k]) for k in a)
+    # the fine-tuned run keeps the leave-one-out run's token ids (its embedding rows)
+    # (a vocabulary of its own would have been built and saved in its model_dir)
+    assert (tmp_path / "leave_one_out_tiny" / "tokenizer" / "tokenizer.json").exists()
+    assert not (tmp_path / "few_shot_128_tiny" / "tokenizer").exists()
 
 
 @pytest.mark.slow
