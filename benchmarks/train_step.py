@@ -12,8 +12,7 @@ K tasks x B queries [Lq], each with one positive and H hard negatives [Lp]; rand
 from the vocabulary between [CLS] and [SEP], every row and token real (no padding, no
 duplicate passage ids, so no candidate is masked).
 
-* ours: ``make_train_step`` (``multiret_jax.train_step``; ``multiret_jax.train`` when that
-  module is absent) with ``optax.chain(<multitask method>, clip_by_global_norm(1.0),
+* ours: ``multiret_jax.train_step.make_train_step`` with ``optax.chain(<multitask method>, clip_by_global_norm(1.0),
   adamw(2e-5, weight_decay=0.01))``: per-task NCE losses (each task's queries against its
   B positives + B*H hard negatives), per-task gradients, the multitask update, AdamW; timed
   with ``naive`` and with ``taco``, for each ``--per_task`` path (``vmap``: one vmapped
@@ -24,11 +23,10 @@ duplicate passage ids, so no candidate is masked).
   the diagonal), the mean of the K losses (= naive's uniform 1/K weighting), one
   backward, ``clip_grad_norm_(1.0)``, ``torch.optim.AdamW(lr=2e-5, weight_decay=0.01)``.
 
-Threads: ``torch.set_num_threads(threads)``; XLA_FLAGS gets
-``--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=N`` before jax is
-imported. XLA's flag parser ignores the second token (no ``--``), so XLA CPU sizes its pool
-by the usable cores; ``--cores=N`` pins the whole process to N cores and is what caps both
-sides alike (default threads = 2 = the cores of the reference machine). Both are printed.
+Threads: ``torch.set_num_threads(threads)``; XLA CPU sizes its thread pool by the usable
+cores, so ``--cores=N`` (pinning the whole process to N cores before either library starts
+its pools) is what caps both sides alike; default threads = 2 = the cores of the reference
+machine. Both are printed.
 
 Timing: compilation / warm-up steps excluded, ``jax.block_until_ready`` on the state; each
 repeat times ``--steps`` steps of every side, the sides interleaved so they see the same
@@ -42,7 +40,6 @@ masks differ).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -94,23 +91,6 @@ def make_batch(k, b, h, lq, lp, vocab, cls_id, sep_id, seed=0):
             "task_counts": np.full((k,), b, np.int32)}
 
 
-def step_api():
-    """(make_train_step, init_train_state, source): the new module, else the older train.py."""
-    if importlib.util.find_spec("multiret_jax.train_step") is not None:
-        from multiret_jax import train_step as ts
-        return ts.make_train_step, ts.init_train_state, "multiret_jax.train_step"
-    import jax
-    import jax.numpy as jnp
-
-    from multiret_jax.train import make_train_step
-
-    def init_train_state(params, tx, seed):
-        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros([], jnp.int32),
-                "rng": jax.random.PRNGKey(seed), "skipped": jnp.zeros([], jnp.int32)}
-
-    return make_train_step, init_train_state, "multiret_jax.train (make_train_step)"
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--minilm_dir", default=DEFAULT_MODEL)
@@ -130,8 +110,6 @@ def main() -> None:
     args = p.parse_args()
     if args.cores:  # before jax/torch create their thread pools
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
-                               f"intra_op_parallelism_threads={args.threads}").strip()
     directory = minilm_dir(args.minilm_dir)
     if args.threads != len(os.sched_getaffinity(0)):
         print(f"note: --threads={args.threads} but {len(os.sched_getaffinity(0))} usable cores; "
@@ -151,7 +129,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     k, b, h, lq, lp = args.tasks, args.batch, args.negatives, args.query_len, args.passage_len
-    make_train_step, init_train_state, source = step_api()
+    from multiret_jax.train_step import init_train_state, make_train_step
     model, params, cfg = build_biencoder(encoder="bert", checkpoint_dir=directory, pooling="mean",
                                          shared=True)
     tok = Tokenization.from_dir(directory).tokenizer
@@ -159,10 +137,8 @@ def main() -> None:
                        tok.token_to_id("[SEP]"))
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     print(f"os.cpu_count()={os.cpu_count()}  usable cores (affinity)={len(os.sched_getaffinity(0))}  "
-          f"torch.set_num_threads({args.threads}) -> {torch.get_num_threads()}  "
-          f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
-    print(f"jax {jax.__version__}  torch {torch.__version__}  transformers {transformers.__version__}"
-          f"  step: {source}")
+          f"torch.set_num_threads({args.threads}) -> {torch.get_num_threads()}")
+    print(f"jax {jax.__version__}  torch {torch.__version__}  transformers {transformers.__version__}")
     print(f"MiniLM-L6 shared tower, mean pooling, {n_params / 1e6:.1f}M params, dropout "
           f"{cfg.dropout_rate}/{cfg.attention_dropout_rate} (hidden/attention) on both sides; "
           f"K={k} tasks x B={b} queries, H={h} hard negatives, Lq={lq}, Lp={lp}", flush=True)
@@ -170,12 +146,10 @@ def main() -> None:
     # -- ours: a jitted step per (per-task path, multitask method), each with its own state.
     towers = jnp.zeros((k,), jnp.int32)
     paths = args.per_task.split(",")
-    if source.endswith("(make_train_step)") and paths != ["vmap"]:
-        raise SystemExit(f"--per_task={args.per_task} needs multiret_jax.train_step")
     jbatch = jax.device_put(batch)
     sides = {}
     for path in paths:
-        kw = {} if source.endswith("(make_train_step)") else {"per_task": path}
+        kw = {"per_task": path}
         if path == "unrolled":
             kw["task_shapes"] = [(b, lq)] * k
         for name in ("naive", "taco"):
