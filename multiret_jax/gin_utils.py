@@ -6,7 +6,6 @@ from the current directory), so users name configs without a path, t5x-style.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Sequence
 
@@ -16,22 +15,27 @@ GIN_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               "gin_configs")
 
 
-def _not_search_miss(record: logging.LogRecord) -> bool:
-    # gin probes every search path with an importlib-based reader that logs an ERROR
-    # ("Path not found") for each miss, even when a later path has the file.
-    return record.msg != "Path not found: %s"
+def _is_package_reader(reader) -> bool:
+    return getattr(reader[0], "__module__", "") == "gin.resource_reader"
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses gin files (searched in ``gin_configs/``) and bindings; unknown names fail loudly."""
+    """Parses gin files (searched in ``gin_configs/``) and bindings; unknown names fail loudly.
+
+    Only plain files are read: gin's package-resource reader is switched off while parsing.
+    It treats ``include 'runs/train.gin'`` as package ``runs``, and a ``runs/`` directory in
+    the working directory (where the README's runs write) is a namespace package without a
+    file, on which it crashes with a TypeError.
+    """
     if GIN_CONFIG_DIR not in gin.config._LOCATION_PREFIXES:
         gin.add_config_file_search_path(GIN_CONFIG_DIR)
-    root = logging.getLogger()
-    root.addFilter(_not_search_miss)
+    readers = gin.config._FILE_READERS
+    saved = list(readers)
+    readers[:] = [r for r in readers if not _is_package_reader(r)]
     try:
         gin.parse_config_files_and_bindings(list(files), list(bindings))
     finally:
-        root.removeFilter(_not_search_miss)
+        readers[:] = saved
 
 
 def define_gin_flags() -> None:

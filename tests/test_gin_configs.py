@@ -45,6 +45,18 @@ def test_experiment_files_only_include_and_set_macros(name):
             f"{name}:{i}: experiment files set macros only (t5x layering): {line!r}"
 
 
+def test_parses_with_a_runs_directory_in_the_working_directory(tmp_path, monkeypatch):
+    """The README's runs write to ./runs/, which Python sees as a namespace package
+    "runs"; ``include 'runs/train.gin'`` must still find gin_configs/runs/train.gin."""
+    (tmp_path / "runs" / "taco_tiny").mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gin.clear_config()
+    parse_gin(["taco_tiny.gin"], [])
+    assert q("TRAIN_STEPS") == 300 and gin.query_parameter("build_biencoder.encoder") == "t5"
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_parses_with_the_papers_settings(name):
     parse_gin([name], [])
