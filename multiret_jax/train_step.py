@@ -157,21 +157,21 @@ def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
       per_task: ``"vmap"`` or ``"unrolled"`` (module doc).
       grad_cache_chunk: rows per gradient-cache chunk (must divide the padded rows of
         every task); None computes the loss in one pass.
-      task_shapes: for ``"unrolled"``, per task ``(rows, query_len)`` to slice to.
+      task_shapes: for ``"unrolled"``, per task ``(rows, query_len)`` to slice to; None
+        keeps every task at the batch's stacked (padded) shape.
     Returns:
       ``step(state, batch) -> (new_state, task_losses [K])`` with the state donated.
     """
     if per_task not in PER_TASK_PATHS:
         raise ValueError(f"unknown per_task path {per_task!r}; known: {PER_TASK_PATHS}")
-    if per_task == "unrolled" and task_shapes is None:
-        raise ValueError("per_task='unrolled' needs task_shapes [(rows, query_len)] per task")
     value_and_grad = make_task_loss(model, temperature, grad_cache_chunk)
 
     def per_task_grads(params, batch, rng):
         if per_task == "vmap":
             return jax.vmap(value_and_grad, in_axes=(None, 0, 0, None))(params, batch, towers, rng)
         outs = []
-        for k, (rows, qlen) in enumerate(task_shapes):
+        k_tasks, b, lq = batch["query_ids"].shape
+        for k, (rows, qlen) in enumerate(task_shapes or [(b, lq)] * k_tasks):
             tb = _split(jax.tree_util.tree_map(lambda x: x[k], batch), rows, qlen)
             outs.append(value_and_grad(params, tb, towers[k], rng))
         return (jnp.stack([o[0] for o in outs]),

@@ -123,7 +123,9 @@ def test_gradient_cache_equals_uncached():
             emb_loss, enc_q, enc_p, prm, (qi, qm), (pi, pm), chunk, rng))(params)
         assert float(got_l) == pytest.approx(float(want_l), rel=1e-5)
         for a, c in zip(jax.tree_util.tree_leaves(want_g), jax.tree_util.tree_leaves(got_g)):
-            np.testing.assert_allclose(a, c, atol=1e-5, rtol=1e-4)
+            # float32 sums in another order: measured up to 1.15e-5 absolute on entries
+            # of gradients whose largest entries are ~13 (1e-6 of the scale)
+            np.testing.assert_allclose(a, c, atol=3e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="chunks of 3"):
         gradcache.cached_value_and_grad(emb_loss, enc_q, enc_p, params, (qi, qm), (pi, pm), 3)
 

@@ -126,7 +126,7 @@ def reference(mini, tiny):
     model, params = tiny
     batches = [mini.batch(0), mini.batch(1)]
     tx = _tx()
-    losses, state, step = _run(model, params, batches, tx=tx)
+    losses, state, step = _run(model, params, batches, tx=tx, per_task="vmap")
     return batches, losses, jax.tree_util.tree_map(np.asarray, state["params"]), (tx, step)
 
 
@@ -149,8 +149,10 @@ def test_unrolled_equals_vmap(mini, tiny, reference):
     losses, state, _ = _run(model, params, batches, per_task="unrolled", task_shapes=shapes)
     np.testing.assert_allclose(losses, want_losses, rtol=0, atol=LOSS_TOL)
     assert _param_err(state["params"], want_params, params, "unrolled") < PARAM_TOL
-    with pytest.raises(ValueError, match="task_shapes"):
-        make_train_step(model, _tx(), jnp.zeros((K,), jnp.int32), per_task="unrolled")
+    # without task_shapes every task keeps the stacked (padded) shape: the same values
+    losses, state, _ = _run(model, params, batches, per_task="unrolled")
+    np.testing.assert_allclose(losses, want_losses, rtol=0, atol=LOSS_TOL)
+    assert _param_err(state["params"], want_params, params, "unrolled, padded") < PARAM_TOL
     with pytest.raises(ValueError, match="unknown per_task"):
         make_train_step(model, _tx(), jnp.zeros((K,), jnp.int32), per_task="scan")
 
