@@ -65,131 +65,38 @@ Resuming: a stage whose run directory has a ``summary.json`` with all its steps 
 with the same command, and ``train`` resumes from its latest checkpoint. A directory made
 by a *different* command (other gin files or bindings) stops the driver before anything
 runs, unless ``--reuse_changed``.
+
+Code: this module has the options, the orchestration (``run_zero_few_shot``), the table
+(``build_table``) and the CLI; ``zero_few_shot_plan`` the stages and the checks made before
+any runs (``plan``); ``zero_few_shot_stages`` running them (resume/skip, per-stage records
+and logs) and the start-point check (``init_check``).
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
-import inspect
-import json
 import os
-import re
-import shlex
-import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from absl import app, flags, logging
 
 from multiret_jax import compare
 from multiret_jax.data import minikilt
-from multiret_jax.data.tasks import get_task, registered_tasks
+from multiret_jax.zero_few_shot_plan import (BM25, MULTITASK, ZERO_SHOT, PlanError, Stage,
+                                             held_out_tasks, plan)
+from multiret_jax.zero_few_shot_stages import (check_records, init_check, run_stage,
+                                               shell_line, stage_state, validation_on)
 
-RECORD = "zero_few_shot.json"  # per run dir: the command that made it
-ZERO_SHOT = "zero-shot (leave-one-out)"
-MULTITASK = "multi-task"
-BM25 = "BM25"
+__all__ = ["BM25", "MULTITASK", "ZERO_SHOT", "Options", "PlanError", "Stage", "build_table",
+           "init_check", "plan", "run_zero_few_shot"]
 
-
-@dataclasses.dataclass
-class Stage:
-    """One subprocess: a BM25 evaluation or a training run."""
-    kind: str  # "bm25", "loo" or "few_shot"
-    task: Optional[str]  # held-out task (None for BM25)
-    label: str  # table row / progress label
-    run_dir: str
-    gin_file: str
-    gin_params: List[str]
-    flags: List[str] = dataclasses.field(default_factory=list)  # other command-line flags
-    config: Dict[str, Any] = dataclasses.field(default_factory=dict)  # resolved train.* values
-    notes: List[str] = dataclasses.field(default_factory=list)
-    status: str = "pending"  # pending | done (found finished) | ran
-    seconds: float = 0.0
-
-    @property
-    def module(self) -> str:
-        return "multiret_jax.evaluate" if self.kind == "bm25" else "multiret_jax.train"
-
-    def command(self) -> List[str]:
-        out = [sys.executable, "-m", self.module, f"--gin_file={self.gin_file}"]
-        out += ([f"--out_dir={self.run_dir}"] if self.kind == "bm25"
-                else [f"--model_dir={self.run_dir}"])
-        return out + self.flags + [f"--gin_param={p}" for p in self.gin_params]
-
-    def record(self) -> dict:
-        """What identifies the run (the interpreter path may change between sessions)."""
-        return {"stage": self.kind, "task": self.task, "gin_file": self.gin_file,
-                "flags": self.flags, "gin_params": self.gin_params}
-
-    @property
-    def total_steps(self) -> int:
-        c = self.config
-        return c["steps"] + (c["ance_episodes"] or 0) * (c["ance_episode_steps"] or 0)
-
-
-# --------------------------------------------------------------------------- gin plan
-
-def _resolve(value):
-    """Evaluates gin macro references (``%TRAIN_STEPS``, ``[%HELD_OUT]``) to values."""
-    import gin
-    if isinstance(value, gin.config.ConfigurableReference):
-        return _resolve(value.scoped_configurable_fn()) if value.evaluate else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_resolve(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _resolve(v) for k, v in value.items()}
-    return value
-
-
-TRAIN_KEYS = ("data_dir", "tasks", "exclude_tasks", "val_tasks", "max_examples", "steps",
-              "global_batch", "ance_episodes", "ance_episode_steps", "init_from",
-              "tokenizer_dir", "eval_at_start", "chunk_mode")
-
-
-def resolve_train_config(gin_file: str, gin_params: Sequence[str]) -> Dict[str, Any]:
-    """The ``train.*`` values a stage's command would run with (gin cleared before/after)."""
-    import gin
-    from multiret_jax import train as train_lib  # registers the configurables
-    from multiret_jax.gin_utils import parse_gin
-    defaults = {k: p.default for k, p in inspect.signature(train_lib.train).parameters.items()}
-    gin.clear_config()
-    try:
-        parse_gin([gin_file], list(gin_params))
-        out = {}
-        for key in TRAIN_KEYS:
-            try:
-                out[key] = _resolve(gin.query_parameter(f"train.{key}"))
-            except ValueError:  # not bound: train's default
-                out[key] = defaults[key]
-        return out
-    finally:
-        gin.clear_config()
-
-
-def _names(tasks) -> Optional[List[str]]:
-    return None if tasks is None else [get_task(t).name for t in tasks]
-
-
-def count_records(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _label_for(config: Dict[str, Any], gin_file: str) -> str:
-    n = config.get("max_examples")
-    return f"few-shot {n}" if n else f"fine-tuned ({_stem(gin_file)})"
-
-
-def _stem(gin_file: str) -> str:
-    return re.sub(r"\.gin$", "", os.path.basename(gin_file))
-
-
-# --------------------------------------------------------------------------- the driver
 
 @dataclasses.dataclass
 class Options:
+    """The driver's settings (the command-line flags: ``few_shot_gins`` is
+    ``--few_shot_gin``, ``*gin_params`` are ``--*gin_param``)."""
     out_dir: str
     data_dir: Optional[str] = None
     held_out: Optional[Sequence[str]] = None
@@ -213,214 +120,19 @@ class Options:
     dry_run: bool = False
 
 
-class PlanError(ValueError):
-    """The configuration cannot produce a valid zero-/few-shot table (nothing was run)."""
-
-
-def held_out_tasks(data_dir: str, names: Optional[Sequence[str]]) -> List[str]:
-    """``names`` (each needs a train and a dev file) or every task with both files."""
-    def has(t, split):
-        return os.path.exists(os.path.join(data_dir, t.filename(split)))
-    if names:
-        tasks = [get_task(n) for n in names]
-        for t in tasks:
-            for split in ("train", "dev"):
-                if not has(t, split):
-                    raise PlanError(f"held-out task {t.name!r}: no {split} file "
-                                    f"{os.path.join(data_dir, t.filename(split))}")
-        return list(dict.fromkeys(t.name for t in tasks))
-    found = [t.name for t in registered_tasks() if has(t, "train") and has(t, "dev")]
-    if not found:
-        raise PlanError(f"no task has both a train and a dev file in {data_dir}")
-    return found
-
-
-def plan(opts: Options) -> List[Stage]:
-    """The stages, their resolved configs and checks; raises ``PlanError`` before any run."""
-    data_dir = os.path.abspath(opts.data_dir)
-    tasks = held_out_tasks(data_dir, opts.held_out)
-    out = os.path.abspath(opts.out_dir)
-    stages: List[Stage] = []
-    labels: Dict[str, str] = {}
-    for task in tasks:
-        loo_dir = os.path.join(out, task, "leave_one_out")
-        loo = Stage("loo", task, ZERO_SHOT, loo_dir, opts.base_gin,
-                    [f"HELD_OUT={task!r}", *opts.gin_params, *opts.base_gin_params,
-                     f"train.data_dir={data_dir!r}"])
-        loo.config = cfg = resolve_train_config(loo.gin_file, loo.gin_params)
-        if task not in (_names(cfg["exclude_tasks"]) or []):
-            raise PlanError(f"{opts.base_gin} with HELD_OUT={task!r} does not exclude {task!r} "
-                            f"(train.exclude_tasks={cfg['exclude_tasks']}): the leave-one-out "
-                            "model would see its training data")
-        if cfg["tasks"] is not None and task in _names(cfg["tasks"]):
-            raise PlanError(f"{opts.base_gin}: train.tasks={cfg['tasks']} names the held-out "
-                            f"task {task!r}")
-        if cfg["val_tasks"] is not None and task not in _names(cfg["val_tasks"]):
-            raise PlanError(f"{opts.base_gin}: train.val_tasks={cfg['val_tasks']} leaves out "
-                            f"{task!r}: the zero-shot number is the leave-one-out run's "
-                            "validation on its dev set")
-        stages.append(loo)
-        tok = os.path.join(loo_dir, "tokenizer")
-        n_train = count_records(os.path.join(data_dir, get_task(task).filename("train")))
-        for gin_file in opts.few_shot_gins:
-            params = [f"HELD_OUT={task!r}", *opts.gin_params, *opts.few_shot_gin_params,
-                      f"train.data_dir={data_dir!r}", f"train.init_from={loo_dir!r}"]
-            if opts.check_init:
-                params.append("train.eval_at_start=True")
-            cfg = resolve_train_config(gin_file, params)
-            if cfg["tokenizer_dir"] is None and loo.config["tokenizer_dir"] is None:
-                # A vocabulary built by the loo run (tiny models without a checkpoint
-                # vocabulary): the few-shot run must reuse it, not build its own from
-                # other queries (other token ids would scramble the loaded embeddings).
-                # Harmless otherwise: train only reads it when the dir has a tokenizer.
-                params.append(f"train.tokenizer_dir={tok!r}")
-                cfg["tokenizer_dir"] = tok
-            st = Stage("few_shot", task, _label_for(cfg, gin_file),
-                       os.path.join(out, task, _stem(gin_file)), gin_file, params, config=cfg)
-            if _names(cfg["tasks"]) != [task]:
-                raise PlanError(f"{gin_file} with HELD_OUT={task!r} trains on {cfg['tasks']}, "
-                                f"not [{task!r}] alone")
-            if cfg["val_tasks"] is not None and task not in _names(cfg["val_tasks"]):
-                raise PlanError(f"{gin_file}: train.val_tasks={cfg['val_tasks']} leaves out "
-                                f"{task!r}: its few-shot number is its validation there")
-            if cfg["init_from"] != loo_dir:
-                raise PlanError(f"{gin_file}: train.init_from={cfg['init_from']!r}, not the "
-                                f"leave-one-out run {loo_dir!r}")
-            if labels.setdefault(st.label, gin_file) != gin_file:
-                st.label = f"{st.label} ({_stem(gin_file)})"
-            n = cfg["max_examples"]
-            cfg["train_records"] = n_train
-            if n is None:
-                st.notes.append(f"{st.label}, {task}: no max_examples: all {n_train} records")
-            elif n_train < n:
-                if opts.too_few == "fail":
-                    raise PlanError(f"{st.label} ({gin_file}): {task!r} has only {n_train} "
-                                    f"training records, fewer than {n} (--too_few=fail; "
-                                    f"--too_few=cap trains on all of them)")
-                st.notes.append(f"{st.label}, {task}: only {n_train} training records < {n}: "
-                                f"capped, trains on all of them")
-            stages.append(st)
-    if opts.bm25 and not opts.bm25_dir:  # first: cheap, and chunked like the training runs
-        chunk = stages[0].config["chunk_mode"]
-        stages.insert(0, Stage("bm25", None, BM25, os.path.join(out, "bm25"), "bm25.gin",
-                               [f"run_evaluation.chunk_mode={chunk!r}", *opts.bm25_gin_params],
-                               [f"--data_dir={data_dir}", f"--tasks={','.join(tasks)}",
-                                "--split=dev"]))
-    return stages
-
-
-def _epochs(st: Stage) -> float:
-    """Passes over a few-shot stage's examples (records count; the BLEU filter may drop some)."""
-    c = st.config
-    n = min(c["max_examples"] or c["train_records"], c["train_records"])
-    return st.total_steps * c["global_batch"] / max(n, 1)
-
-
-def _stage_state(st: Stage, tasks: Sequence[str]) -> str:
-    """"done", "partial" (started, not finished) or "new"."""
-    if st.kind == "bm25":
-        path = os.path.join(st.run_dir, "results.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                if set(tasks) <= set(json.load(f).get("tasks", {})):
-                    return "done"
-    else:
-        path = os.path.join(st.run_dir, "summary.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                s = json.load(f)
-            if s.get("completed_steps", -1) >= s.get("steps", float("inf")):
-                return "done"
-    return "partial" if os.path.isdir(st.run_dir) and os.listdir(st.run_dir) else "new"
-
-
-def _check_records(stages: Sequence[Stage], reuse_changed: bool, say) -> None:
-    """Refuses run dirs made by another command (before anything runs)."""
-    changed = []
-    for st in stages:
-        path = os.path.join(st.run_dir, RECORD)
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            old = json.load(f)
-        new = st.record()
-        if {k: old.get(k) for k in new} != new:
-            changed.append(f"{st.run_dir}: made with {old.get('gin_file')} "
-                           f"{old.get('gin_params')}, now {new['gin_file']} {new['gin_params']}")
-    if changed and not reuse_changed:
-        raise PlanError("run directories made by a different command (delete them to rerun, "
-                        "or --reuse_changed to keep them):\n  " + "\n  ".join(changed))
-    for c in changed:
-        say(f"WARNING (--reuse_changed): {c}")
-
-
-def _shell(cmd: Sequence[str]) -> str:
-    """The command as one would type it (``"--gin_param=HELD_OUT='nq'"``)."""
-    def q(arg):
-        if shlex.quote(arg) == arg or any(c in arg for c in '"$`\\!'):
-            return shlex.quote(arg)
-        return f'"{arg}"'
-    return " ".join(q(a) for a in cmd)
-
-
-def _run_logged(cmd: Sequence[str], log_path: str, quiet: bool,
-                env: Optional[Dict[str, str]] = None) -> int:
-    """Runs ``cmd``, its stdout+stderr to ``log_path`` (appended) and, unless quiet, to ours."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with open(log_path, "ab") as log:
-        log.write(("$ " + _shell(cmd) + "\n").encode())
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=env)
-        try:
-            while True:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                log.write(chunk)
-                log.flush()
-                if not quiet:
-                    sys.stdout.write(decoder.decode(chunk))
-                    sys.stdout.flush()
-        finally:
-            rc = proc.wait()
-    return rc
-
-
-def _tail(path: str, n: int = 25) -> str:
-    with open(path, "rb") as f:
-        lines = f.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()
-    return "\n".join(line for line in lines[-n:])
-
-
-def _load_summary(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        return json.load(f)
-
-
-def _task_metrics(validation: Optional[dict], task: str) -> Optional[dict]:
-    return None if validation is None else validation["tasks"].get(task)
-
-
-def init_check(loo_dir: str, few_dir: str, task: str, tol: float = 1e-6) -> Optional[str]:
-    """None when the few-shot run's initial validation on ``task`` equals the leave-one-out
-    run's final one (it started from those parameters and vocabulary), else the mismatch."""
-    a = _task_metrics(_load_summary(loo_dir).get("validation"), task)
-    b = _task_metrics(_load_summary(few_dir).get("initial_validation"), task)
-    if a is None or b is None:
-        return f"{few_dir}: no initial_validation / leave-one-out validation for {task!r}"
-    bad = [k for k in ("page_rprec", "passage_rprec", "recall@5")
-           if (a.get(k) is None) != (b.get(k) is None)
-           or (a.get(k) is not None and abs(a[k] - b[k]) > tol)]
-    return (None if not bad else f"{few_dir}: initial {', '.join(f'{k}={b.get(k)}' for k in bad)}"
-            f" != leave-one-out {', '.join(f'{k}={a.get(k)}' for k in bad)}: it did not start "
-            "from the leave-one-out model")
-
-
 def build_table(opts: Options, stages: Sequence[Stage], tasks: Sequence[str]) -> dict:
-    """compare.compare's result over the rows BM25, zero-shot, the few-shot configs and
-    multi-task (those with results), columns the held-out tasks; plus "sources" (row ->
-    task -> the file each value comes from)."""
+    """The table: rows BM25, zero-shot, the few-shot configs and multi-task (those with
+    results), columns the held-out tasks.
+
+    Args:
+      opts: the settings (``bm25``, ``bm25_dir``, ``multitask_dir``, ``metrics``,
+        ``reference``).
+      stages: the planned stages (their run dirs hold the results).
+      tasks: the held-out tasks.
+    Returns:
+      ``compare.compare``'s result, plus "sources" (row -> task -> the file each value
+      comes from).
+    """
     rows: Dict[str, Dict[str, dict]] = {}
     sources: Dict[str, Dict[str, str]] = {}
 
@@ -449,9 +161,40 @@ def build_table(opts: Options, stages: Sequence[Stage], tasks: Sequence[str]) ->
     return result
 
 
+def _head(i: int, stages: Sequence[Stage], st: Stage) -> str:
+    return f"[{i}/{len(stages)}] {st.task or 'all'}: {st.label}"
+
+
+def _say_plan(stages: Sequence[Stage], tasks: Sequence[str], out: str, notes: Sequence[str],
+              say: Callable[[str], None]) -> None:
+    """One line per stage (what it trains, how long, where, its state), then the notes."""
+    say(f"zero-/few-shot on {', '.join(tasks)}: {len(stages)} stages in {out}")
+    for i, st in enumerate(stages, 1):
+        c = st.config
+        what = ("BM25 on the held-out dev sets" if st.kind == "bm25" else
+                f"{st.total_steps} steps x {c['global_batch']} queries, trains on "
+                f"{'all tasks but ' + st.task if st.kind == 'loo' else st.task}" +
+                (f", max {c['max_examples']} examples" if c.get("max_examples") else "") +
+                (f" (~{st.passes:.0f} passes over them)" if st.kind == "few_shot" else ""))
+        say(f"  {_head(i, stages, st)}: {what} -> {st.run_dir} ({stage_state(st, tasks)})")
+    for n in notes:
+        say(f"  NOTE: {n}")
+
+
 def run_zero_few_shot(opts: Options, say: Callable[[str], None] = print) -> dict:
-    """Plans, runs (or skips) every stage, writes and returns the table (``build_table``'s
-    result with "held_out", "stages", "notes", "init_checks")."""
+    """Plans, runs (or skips) every stage, writes and returns the table.
+
+    Args:
+      opts: the settings.
+      say: progress lines, the table and the notes.
+    Returns:
+      ``build_table``'s result with "held_out", "stages", "notes" and "init_checks" (few-shot
+      run_dir -> ``init_check``'s answer), as written to ``<out_dir>/table.json``; with
+      ``opts.dry_run``, only "held_out" and "stages" (nothing run or written).
+    Raises:
+      PlanError: before anything runs (``plan``, ``check_records``).
+      RuntimeError: a stage failed (rerunning resumes it).
+    """
     t_start = time.time()
     if opts.too_few not in ("cap", "fail"):
         raise PlanError(f"--too_few must be cap or fail, got {opts.too_few!r}")
@@ -464,23 +207,12 @@ def run_zero_few_shot(opts: Options, say: Callable[[str], None] = print) -> dict
             f"{opts.data_dir}")
     tasks = held_out_tasks(os.path.abspath(opts.data_dir), opts.held_out)
     stages = plan(opts)
-    _check_records(stages, opts.reuse_changed, say)
+    check_records(stages, opts.reuse_changed, say)
     notes = [n for st in stages for n in st.notes]
-    say(f"zero-/few-shot on {', '.join(tasks)}: {len(stages)} stages in {out}")
-    for i, st in enumerate(stages, 1):
-        c = st.config
-        what = ("BM25 on the held-out dev sets" if st.kind == "bm25" else
-                f"{st.total_steps} steps x {c['global_batch']} queries, trains on "
-                f"{'all tasks but ' + st.task if st.kind == 'loo' else st.task}" +
-                (f", max {c['max_examples']} examples" if c.get("max_examples") else "") +
-                (f" (~{_epochs(st):.0f} passes over them)" if st.kind == "few_shot" else ""))
-        say(f"  [{i}/{len(stages)}] {st.task or 'all'}: {st.label}: {what} -> {st.run_dir}"
-            f" ({_stage_state(st, tasks)})")
-    for n in notes:
-        say(f"  NOTE: {n}")
+    _say_plan(stages, tasks, out, notes, say)
     if opts.dry_run:
         for st in stages:
-            say("  $ " + _shell(st.command()))
+            say("  $ " + shell_line(st.command()))
         return {"held_out": tasks, "stages": [dataclasses.asdict(s) for s in stages]}
 
     env = None
@@ -488,41 +220,21 @@ def run_zero_few_shot(opts: Options, say: Callable[[str], None] = print) -> dict
         env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.abspath(opts.jax_cache_dir))
     init_checks: Dict[str, Optional[str]] = {}
     for i, st in enumerate(stages, 1):
-        head = f"[{i}/{len(stages)}] {st.task or 'all'}: {st.label}"
-        state = _stage_state(st, tasks)
-        if state == "done":
-            st.status = "done"
-            say(f"{head}: finished already in {st.run_dir}, skipping")
-        else:
-            log_path = os.path.join(st.run_dir, "zero_few_shot.log")
-            os.makedirs(st.run_dir, exist_ok=True)
-            with open(os.path.join(st.run_dir, RECORD), "w") as f:
-                json.dump({**st.record(), "command": st.command()}, f, indent=1)
-            say(f"{head}: {'resuming' if state == 'partial' else 'running'} "
-                f"(log {log_path})\n  $ {_shell(st.command())}")
-            t0 = time.time()
-            rc = _run_logged(st.command(), log_path, opts.quiet, env)
-            st.seconds = time.time() - t0
-            if rc != 0 or _stage_state(st, tasks) != "done":
-                raise RuntimeError(f"{head} failed (exit status {rc}); rerun the same command "
-                                   f"to resume. Last lines of {log_path}:\n{_tail(log_path)}")
-            st.status = "ran"
-            say(f"{head}: done in {st.seconds:.0f}s")
-        if st.kind == "loo":
-            v = _task_metrics(_load_summary(st.run_dir)["validation"], st.task)
-            if v is None:
-                raise RuntimeError(f"{st.run_dir}/summary.json has no validation on {st.task!r}")
-            say(f"  zero-shot {st.task}: page R-prec {100 * v['page_rprec']:.2f}")
-        elif st.kind == "few_shot":
-            v = _task_metrics(_load_summary(st.run_dir)["validation"], st.task)
-            say(f"  {st.label} {st.task}: page R-prec {100 * v['page_rprec']:.2f}")
-            if opts.check_init:
-                loo_dir = next(s.run_dir for s in stages if s.kind == "loo" and s.task == st.task)
-                problem = init_check(loo_dir, st.run_dir, st.task)
-                init_checks[st.run_dir] = problem
-                if problem:
-                    say(f"WARNING: {problem}")
-                    notes.append(problem)
+        run_stage(st, _head(i, stages, st), tasks, opts.quiet, env, say)
+        if st.kind == "bm25":
+            continue
+        v = validation_on(st.run_dir, st.task)
+        if v is None:
+            raise RuntimeError(f"{st.run_dir}/summary.json has no validation on {st.task!r}")
+        name = "zero-shot" if st.kind == "loo" else st.label
+        say(f"  {name} {st.task}: page R-prec {100 * v['page_rprec']:.2f}")
+        if st.kind == "few_shot" and opts.check_init:
+            loo_dir = next(s.run_dir for s in stages if s.kind == "loo" and s.task == st.task)
+            problem = init_check(loo_dir, st.run_dir, st.task)
+            init_checks[st.run_dir] = problem
+            if problem:
+                say(f"WARNING: {problem}")
+                notes.append(problem)
 
     result = build_table(opts, stages, tasks)
     result.update(held_out=tasks, notes=notes, init_checks=init_checks,
