@@ -269,18 +269,10 @@ def taco_options_from_gin(files: Sequence[str], bindings: Sequence[str]) -> Dict
     importlib.import_module("multiret_jax.train")  # registers the configurables the files bind
 
     parse_gin(files, bindings)
-
-    def value(name):
-        try:
-            v = gin.query_parameter(name)
-        except ValueError:
-            return None
-        while isinstance(v, gin.config.ConfigurableReference) and str(v).startswith("%"):
-            v = gin.query_parameter(str(v))
-        return v
-    if value("multitask.method") != "taco":
+    bound = gin.get_bindings("multitask")  # macros resolved
+    if bound.get("method") != "taco":
         return {}
-    return dict(value("multitask.options") or {})
+    return dict(bound.get("options") or {})
 
 
 FLAGS = flags.FLAGS

@@ -22,7 +22,6 @@ Stages run as ``python -m multiret_jax.train`` / ``multiret_jax.evaluate``
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 import sys
@@ -92,18 +91,6 @@ class Stage:
 
 # --------------------------------------------------------------------------- gin
 
-def _resolve(value):
-    """Evaluates gin macro references (``%TRAIN_STEPS``, ``[%HELD_OUT]``) to values."""
-    import gin
-    if isinstance(value, gin.config.ConfigurableReference):
-        return _resolve(value.scoped_configurable_fn()) if value.evaluate else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_resolve(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _resolve(v) for k, v in value.items()}
-    return value
-
-
 def resolve_train_config(gin_file: str, gin_params: Sequence[str]) -> Dict[str, Any]:
     """The ``train.*`` values a stage's command would run with (gin cleared before/after).
 
@@ -113,20 +100,17 @@ def resolve_train_config(gin_file: str, gin_params: Sequence[str]) -> Dict[str, 
     Returns:
       ``TRAIN_KEYS`` -> value (``train``'s default where unbound).
     """
+    import importlib
+
     import gin
-    from multiret_jax import train as train_lib  # registers the configurables
+
+    from multiret_jax import run_dir
     from multiret_jax.gin_utils import parse_gin
-    defaults = {k: p.default for k, p in inspect.signature(train_lib.train).parameters.items()}
+    importlib.import_module("multiret_jax.train")  # registers the configurables
     gin.clear_config()
     try:
         parse_gin([gin_file], list(gin_params))
-        out = {}
-        for key in TRAIN_KEYS:
-            try:
-                out[key] = _resolve(gin.query_parameter(f"train.{key}"))
-            except ValueError:  # not bound: train's default
-                out[key] = defaults[key]
-        return out
+        return {key: run_dir.train_setting(key) for key in TRAIN_KEYS}
     finally:
         gin.clear_config()
 

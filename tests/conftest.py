@@ -9,6 +9,15 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture
+def clean_gin():
+    """An empty gin configuration for the test, cleared again after it."""
+    import gin
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``<project>/../shared/data``; tests using it are skipped when it is absent."""

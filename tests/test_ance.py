@@ -5,7 +5,6 @@ import functools
 import os
 import re
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,11 +28,7 @@ TASKS = ("trex", "nq", "fever")
 PASSAGE_LEN, QUERY_LEN = 64, 32
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_episode_plan():

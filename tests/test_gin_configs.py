@@ -17,11 +17,7 @@ TINY = [n for n in EXPERIMENTS if n.endswith("_tiny.gin")]
 MACRO = re.compile(r"^[A-Z][A-Z0-9_]*\s*=")
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def q(name):

@@ -1,6 +1,5 @@
 """Model gin files resolve from gin_configs/ and build the described bi-encoders."""
 
-import gin
 import jax
 import pytest
 
@@ -9,11 +8,7 @@ from multiret_jax.models import bert, t5
 from multiret_jax.models.encoders import build_biencoder
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.mark.parametrize("name,kind,shared", [("models/bert_tiny.gin", bert.BertConfig, False),

@@ -41,11 +41,7 @@ BINDINGS = ["build_biencoder.encoder = 'bert'", "build_biencoder.config = 'bert_
             "train.eval_batch_size = 32"]
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Early trainer: runs on the generated mini-KILT and resumes exactly from a checkpoint."""
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -9,11 +8,7 @@ from multiret_jax.gin_utils import parse_gin
 from multiret_jax.train import train
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_resume_continues_the_same_run(tmp_path):

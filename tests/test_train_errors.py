@@ -23,11 +23,7 @@ FAST = dict(global_batch=16, passage_len=64, query_len=32, eval_every=1000)
 NO_STEPS = dict(FAST, steps=2, halt_after=0)
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")
