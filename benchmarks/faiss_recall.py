@@ -37,7 +37,7 @@ trained model of this project encodes a generated mini-KILT.
    15 s, encoding 30 s, indexes 25 s), a rerun under 40 s.
 4. Queries: the generated mini-KILT's dev records of every task (the run's
    ``train.val_tasks`` if set), each formatted and encoded exactly as validation does
-   (``validation.encode_queries_of`` with the run's marker / prefix, query length and
+   (``encoding.encode_queries_of`` with the run's marker / prefix, query length and
    tower), taken round-robin over the tasks from a seeded shuffle of each, at most
    ``--num_queries``.
 
@@ -216,9 +216,9 @@ def generated_table(args, timer, chunk_mode):
 def dev_queries(run, data_dir, num_queries, seed, batch_size, timer):
     """Encoded dev queries of the generated tasks (round-robin over tasks), [Q, D]."""
     from multiret_jax.data import kilt
-    from multiret_jax.evaluate import benchmark_tasks
+    from multiret_jax.data.tasks import benchmark_tasks
+    from multiret_jax.encoding import encode_queries_of
     from multiret_jax.run_dir import train_setting
-    from multiret_jax.validation import encode_queries_of
     tasks = benchmark_tasks(data_dir, "dev", train_setting("val_tasks") or None)
     rng = np.random.default_rng(seed)
     texts = {}

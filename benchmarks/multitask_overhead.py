@@ -136,8 +136,8 @@ def bench_update(args):
 
 
 def bench_train_step(args):
-    from multiret_jax import losses
     from multiret_jax.models.encoders import build_biencoder
+    from multiret_jax.training import losses
 
     k, b, lq, lp = args.tasks, 16, 32, 128
     model, params, cfg = build_biencoder("bert", "bert_tiny")

@@ -62,11 +62,11 @@ def main() -> None:
     from multiret_jax.data.mixing import task_batch_sizes
     from multiret_jax.data.passages import PassageTable
     from multiret_jax.data.tasks import get_task
+    from multiret_jax.data.tokenization import Tokenization
     from multiret_jax.models.encoders import build_biencoder
-    from multiret_jax.models.tokenization import Tokenization
     from multiret_jax.data.bm25 import BM25Retriever
     from multiret_jax.train import load_task_data
-    from multiret_jax.train_step import init_train_state, make_train_step, task_shapes_of
+    from multiret_jax.training.step import init_train_state, make_train_step, task_shapes_of
 
     data_dir = os.path.join(tempfile.mkdtemp(prefix="per_task_path_"), "minikilt")
     minikilt.generate(data_dir, seed=0)

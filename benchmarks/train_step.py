@@ -12,7 +12,7 @@ K tasks x B queries [Lq], each with one positive and H hard negatives [Lp]; rand
 from the vocabulary between [CLS] and [SEP], every row and token real (no padding, no
 duplicate passage ids, so no candidate is masked).
 
-* ours: ``multiret_jax.train_step.make_train_step`` with ``optax.chain(<multitask method>, clip_by_global_norm(1.0),
+* ours: ``multiret_jax.training.step.make_train_step`` with ``optax.chain(<multitask method>, clip_by_global_norm(1.0),
   adamw(2e-5, weight_decay=0.01))``: per-task NCE losses (each task's queries against its
   B positives + B*H hard negatives), per-task gradients, the multitask update, AdamW; timed
   with ``naive`` and with ``taco``, for each ``--per_task`` path (``vmap``: one vmapped
@@ -122,14 +122,14 @@ def main() -> None:
     import transformers
 
     from multiret_jax import multitask
+    from multiret_jax.data.tokenization import Tokenization
     from multiret_jax.models.encoders import build_biencoder
-    from multiret_jax.models.tokenization import Tokenization
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     k, b, h, lq, lp = args.tasks, args.batch, args.negatives, args.query_len, args.passage_len
-    from multiret_jax.train_step import init_train_state, make_train_step
+    from multiret_jax.training.step import init_train_state, make_train_step
     model, params, cfg = build_biencoder(encoder="bert", checkpoint_dir=directory, pooling="mean",
                                          shared=True)
     tok = Tokenization.from_dir(directory).tokenizer

@@ -16,7 +16,7 @@ under "page"; the same metrics over passage ids under "passage", None for a task
 passage-level gold, and its R-precision as "passage_rprec"; a task without any gold, e.g.
 a KILT test file, gets guess and run files and None metrics) and ``table.{md,csv,json}``
 (page / passage R-precision, recall@5, success@5 per task + Avg). Several runs side by
-side: ``python -m multiret_jax.compare``.
+side: ``python -m multiret_jax.experiments.compare``.
 
 Retrievers (``RETRIEVERS``) have ``search(queries, k)``, or ``search_task(task, queries,
 k)`` when the query depends on the task (the dense retriever of ``retrieve.py``, which
@@ -36,12 +36,12 @@ import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
-from multiret_jax import metrics, tables, trec
+from multiret_jax import cli, metrics, tables, trec
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import passage_gold_ids
-from multiret_jax.data.tasks import Task, registered_tasks, get_task
+from multiret_jax.data.tasks import Task, benchmark_tasks, task_path
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
 
 log = logging.getLogger(__name__)
@@ -52,44 +52,13 @@ RETRIEVERS: Dict[str, Callable[[PassageTable], object]] = {
 }
 
 
-# Other names of a split's task files: KILT's are <task>-test_without_answers-kilt.jsonl.
-SPLIT_ALIASES: Dict[str, Tuple[str, ...]] = {"test": ("test_without_answers",)}
-
-
 def register_retriever(name: str, builder: Callable[[PassageTable], object]) -> None:
     RETRIEVERS[name] = builder
-
-
-def task_path(data_dir: str, task: Task, split: str) -> Optional[str]:
-    """``task``'s file for ``split`` in ``data_dir`` (also under a ``SPLIT_ALIASES`` name),
-    or None."""
-    for name in (split,) + SPLIT_ALIASES.get(split, ()):
-        path = os.path.join(data_dir, task.filename(name))
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def read_records(path: str) -> List[kilt.KiltRecord]:
     """A task file's records for retrieval: gold outputs optional (test files have none)."""
     return kilt.read_task_file(path, require_output=False)
-
-
-def benchmark_tasks(data_dir: str, split: str, names: Optional[Sequence[str]] = None) -> List[Task]:
-    """The tasks to evaluate: ``names`` (each file must exist) or every registered task
-    whose ``split`` file is in ``data_dir``."""
-    if names:
-        tasks = [get_task(n) for n in names]
-        for t in tasks:
-            if task_path(data_dir, t, split) is None:
-                raise FileNotFoundError(f"task {t.name!r}: no {split} file "
-                                        f"{os.path.join(data_dir, t.filename(split))}")
-        return tasks
-    tasks = [t for t in registered_tasks() if task_path(data_dir, t, split) is not None]
-    if not tasks:
-        raise FileNotFoundError(f"no KILT task files for split {split!r} in {data_dir}; expected "
-                                f"names like {registered_tasks()[0].filename(split)}")
-    return tasks
 
 
 def page_guesses(rows: np.ndarray, scores: np.ndarray, table: PassageTable) -> List[List[dict]]:
@@ -275,8 +244,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli.setup_logging()
+    cli.absolute_flags(FLAGS, "data_dir", "out_dir")
     parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    cli.absolute_gin_paths()
     results = run_evaluation(data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir,
                              tasks=FLAGS.tasks, split=FLAGS.split)
     print(f"\n{results['retriever']} on {results['data_dir']} ({results['split']}, "

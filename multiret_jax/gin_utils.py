@@ -11,6 +11,8 @@ from typing import Sequence
 
 import gin
 
+from multiret_jax import embedded  # noqa: F401  (registers @embedded_data_dir, @installed_model_dir)
+
 GIN_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "gin_configs")
 

@@ -7,7 +7,7 @@ it with FAISS, retrieve for every task, write KILT guess and TREC run files, sco
     python -m multiret_jax.retrieve --model_dir=RUN --data_dir=KILT --out_dir=OUT \
         --emb_dir=RUN/emb --index_spec="IVF1024,SQ8" --nprobe=64  # shards of index.encode
     python -m multiret_jax.retrieve --model_dir=RUN --data_dir=KILT --out_dir=OUT --split=test
-    python -m multiret_jax.compare --runs bm25=runs/bm25 taco=OUT
+    python -m multiret_jax.experiments.compare --runs bm25=runs/bm25 taco=OUT
 
 1. The run: ``<model_dir>/config.gin`` (the run's full gin config, written by ``train.py``;
    a run without one needs ``--gin_file``), then ``--gin_file`` / ``--gin_param``
@@ -18,7 +18,7 @@ it with FAISS, retrieve for every task, write KILT guess and TREC run files, sco
    ``--index_dir`` (default ``<out_dir>/index/<spec>``); a saved index of the same
    embeddings is loaded instead (``index/corpus.py``), so a second run encodes nothing.
 3. Queries: each task's ``input`` with the task's prefix or type marker, length and query
-   tower exactly as training and validation format them (``validation.encode_queries_of``).
+   tower exactly as training and validation format them (``encoding.encode_queries_of``).
 4. Top-``k`` passages per query, then the files and scores of ``evaluate.py``
    (``evaluate.evaluate_tasks``): ``guesses/<task>-<split>-guess.jsonl`` (one output, pages
    de-duplicated in rank order, each with its best passage's span), ``trec/<task>-<split>.trec``
@@ -42,13 +42,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 from absl import app, flags
 
-from multiret_jax import evaluate, tables
-from multiret_jax.data.tasks import Task
+from multiret_jax import cli, evaluate, tables
+from multiret_jax.data.tasks import Task, benchmark_tasks
+from multiret_jax.encoding import encode_queries_of
 from multiret_jax.gin_utils import define_gin_flags
 from multiret_jax.index.corpus import corpus_index
 from multiret_jax.index.faiss_index import DenseIndex
 from multiret_jax.run_dir import TrainedRun, load_run, parse_run_config, run_table
-from multiret_jax.validation import encode_queries_of
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
     parse_run_config(model_dir, gin_files, gin_params)
     run = load_run(model_dir, params_path, tokenizer_dir)
     table, data_dir = run_table(model_dir, data_dir)
-    task_list = evaluate.benchmark_tasks(data_dir, split, tasks)  # fail before encoding
+    task_list = benchmark_tasks(data_dir, split, tasks)  # fail before encoding
     batch_size = batch_size or run.batch_size
     emb_dir = emb_dir or os.path.join(out_dir, "emb")
     index_dir = index_dir or os.path.join(out_dir, "index", _slug(index_spec))
@@ -155,7 +155,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli.setup_logging()
+    cli.absolute_flags(FLAGS, "model_dir", "out_dir", "data_dir", "emb_dir", "index_dir",
+                       "params", "tokenizer_dir")
     try:
         results = run_retrieval(
             FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, emb_dir=FLAGS.emb_dir,

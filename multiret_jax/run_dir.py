@@ -27,20 +27,23 @@ from typing import Any, Optional, Sequence, Tuple
 
 import gin
 
+from multiret_jax.checksums import file_sha256
 from multiret_jax.data import kilt
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.gin_utils import parse_gin
-from multiret_jax.index.shards import file_sha256
-from multiret_jax.models.tokenization import Tokenization
+from multiret_jax.models.params_io import PARAMS_FILE, load_params_into
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE, PARAMS_FILE = "config.gin", "final_params.safetensors"
+CONFIG_FILE = "config.gin"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 def _train_module():
-    # Imported late: train imports evaluate, which is imported by the tools using this.
+    # The one upward reference of this layer-2 module (tests/test_layers.py names it): a
+    # run's settings are train()'s gin parameters and their defaults. By name and only
+    # when called, so importing run_dir (index/encode.py does) does not import the trainer.
     return importlib.import_module("multiret_jax.train")  # also registers train.* for gin
 
 
@@ -144,13 +147,12 @@ def load_run(model_dir: str, params_path: Optional[str] = None,
       another architecture (naming the parameter).
     """
     from multiret_jax.models.encoders import build_biencoder
-    train = _train_module()
     params_path = params_path or os.path.join(model_dir, PARAMS_FILE)
     if not os.path.isfile(params_path):
         raise FileNotFoundError(f"{params_path}: missing (training not finished?); give the "
                                 "parameter file")
     model, params, cfg = build_biencoder()
-    params = train.load_params_into(params_path, params)
+    params = load_params_into(params_path, params)
     tokenizer = Tokenization.from_dir(find_tokenizer(model_dir, tokenizer_dir, model.source_dir))
     passage_len = (passage_len or train_setting("eval_passage_len")
                    or train_setting("passage_len"))

@@ -4,7 +4,7 @@ Column order and headers follow MT-DPR/TACO (FEV AY2 T-REx zsRE NQ HoPo TQA WoW 
 tasks outside the 8 KILT ones follow in the order given, headed by their table name.
 A missing task (None) prints as "-" and is left out of its row's average, so "Avg" is
 over the tasks the row has. Several runs side by side, and their differences to a
-reference run: ``compare.py``.
+reference run: ``experiments/compare.py``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,29 @@
 r"""Multi-task dense retriever training (MT-DPR / TACO), gin-configured, data-parallel.
 
-    python -m multiret_jax.train --gin_file=taco_tiny.gin --model_dir=runs/taco_tiny
+    python -m multiret_jax.train --gin_file=realmini_demo.gin --model_dir=runs/realmini_demo
     python -m multiret_jax.train --gin_file=taco.gin --model_dir=gs://... \
         --gin_param="train.data_dir='/data/kilt'"
 
-One loop: build data (KILT task files -> training examples -> BM25 hard negatives), model
-(``build_biencoder``) and optimizer (multitask transform -> clipping -> AdamW with linear
-warm-up and decay); restore the latest checkpoint in ``model_dir`` if any; train with the
-jitted, donated, sharded step of ``train_step.py``; validate (dense retrieval on the dev
-files: page / passage R-precision per task) and checkpoint periodically; after the BM25
-warm-up, optional ANCE episodes re-mine the hard negatives with the current model
-(``ance.py``); write ``final_params.safetensors`` and ``summary.json``.
+One file, read top to bottom; ``train()`` calls one stage per section:
+
+1. the run directory: an already finished run is kept as it is (a rerun is a no-op);
+2. data: KILT task files (or the generated mini-KILT) -> passages -> training examples
+   -> BM25 hard negatives;
+3. model: ``build_biencoder`` (gin), optional ``init_from``, vocabulary, input lengths;
+4. optimizer: multitask transform -> clipping -> AdamW with linear warm-up then decay;
+5. state: sharded over the ("data", "model") mesh, restored from the latest checkpoint;
+6. the jitted, donated, sharded step of ``training/step.py``, compiled once;
+7. the loop: ANCE episodes re-mine the negatives with the current model (``training/ance.py``),
+   periodic validation (page / passage R-precision per task on the dev files) and
+   checkpoints;
+8. the end: ``final_params.safetensors``, ``summary.json`` and the table of BM25, the
+   untrained and the trained model (``table.{txt,md,csv,json}``).
 
 Resuming: the checkpoint holds params, optimizer state (with the multitask state, e.g.
 TACO's EMA), step, RNG and the skipped-step count; the data order is a pure function of
 (seed, step) (``MixingSampler``) and each ANCE episode's negatives are saved, so a killed
 run, restarted with the same command, finishes with the same parameters as an
-uninterrupted one.
+uninterrupted one. Rerunning a finished run changes nothing and prints its table again.
 
 Without ``train.data_dir`` the mini-KILT is generated into ``<model_dir>/minikilt``;
 without ``train.tokenizer_dir`` (or a ``tokenizer.json`` / ``vocab.txt`` in the
@@ -25,11 +32,15 @@ checkpoint directory) a word-level vocabulary is built from its passages (tiny m
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
 import random
-from typing import Callable, Dict, Optional, Sequence
+import time
+import types
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import gin
 import jax
@@ -37,109 +48,35 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from multiret_jax import ance, distributed, multitask, partitioning, tables
-from multiret_jax.checkpointing import Checkpointer
+from multiret_jax import cli, multitask, partitioning, tables
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import TaskData, build_step_batch
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.mixing import MixingSampler
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import training_examples
-from multiret_jax.data.tasks import Task, get_task
-from multiret_jax.evaluate import benchmark_tasks
+from multiret_jax.data.tasks import Task, benchmark_tasks, get_task
+from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.models.tokenization import Tokenization
-from multiret_jax.scalars import ScalarLogger, write_summary
-from multiret_jax.train_step import (DEFAULT_PER_TASK, batch_shardings, init_train_state,
-                                     make_train_step, put_batch, state_shardings, task_shapes_of)
-from multiret_jax.validation import ranking_metrics, validate
+from multiret_jax.models.params_io import PARAMS_FILE, flat_numpy, load_params_into
+from multiret_jax.training import ance, distributed
+from multiret_jax.training.checkpointing import Checkpointer
+from multiret_jax.training.scalars import ScalarLogger, write_summary
+from multiret_jax.training.step import (DEFAULT_PER_TASK, batch_shardings, init_train_state,
+                                        make_train_step, put_batch, state_shardings,
+                                        task_shapes_of)
+from multiret_jax.training.validation import ranking_metrics, validate
 
 log = logging.getLogger(__name__)
 
-
-def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm25: BM25Retriever,
-                   num_negatives: int, min_bleu: Optional[float],
-                   max_examples: Optional[int] = None, seed: int = 0) -> Dict[str, TaskData]:
-    """Training examples per task with their top BM25 hard negatives.
-
-    ``max_examples`` keeps a seeded random subset of that many examples per task
-    (few-shot fine-tuning: 128 / 1,024)."""
-    out = {}
-    for task in tasks:
-        path = os.path.join(data_dir, task.filename("train"))
-        records = kilt.read_task_file(path)
-        if not records:
-            raise ValueError(f"{path}: empty task file (no records) for task {task.name!r}")
-        examples, stats = training_examples(records, table, min_bleu=min_bleu, name=task.name)
-        if not examples:
-            raise ValueError(f"{path}: no usable training examples for task {task.name!r} "
-                             f"({stats.summary()})")
-        if max_examples is not None and len(examples) > max_examples:
-            keep = sorted(random.Random(f"{seed}/{task.name}").sample(range(len(examples)),
-                                                                       max_examples))
-            examples = [examples[i] for i in keep]
-        rows, _ = bm25.search([e.query for e in examples], k=100, show_progress=False)
-        negs = bm25.hard_negatives(rows, [e.positives for e in examples], num=num_negatives)
-        out[task.name] = TaskData(task, examples, negs)
-    return out
+SUMMARY_FILE, TABLE_PREFIX = "summary.json", "table"
 
 
-def _tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Optional[str],
-               vocab_texts: Callable[[], Sequence[str]], vocab_size: int,
-               init_from: Optional[str] = None) -> Tokenization:
-    """The given / ``init_from`` run's / checkpoint's vocabulary, else a word-level one built
-    from the passages and the formatted training queries (queries word their questions
-    differently from the passages; a passage-only vocabulary would map those words to
-    [UNK]), kept in model_dir. A run initialised from another run uses that run's own
-    vocabulary: its embedding rows belong to those token ids."""
-    own = os.path.join(model_dir, "tokenizer")
-    init_tok = None
-    if init_from:
-        init_tok = os.path.join(init_from if os.path.isdir(init_from)
-                                else os.path.dirname(init_from), "tokenizer")
-    for d in (tokenizer_dir, init_tok, checkpoint_dir):
-        if d and any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
-            return Tokenization.from_dir(d)
-    if tokenizer_dir:
-        raise FileNotFoundError(f"train.tokenizer_dir={tokenizer_dir!r} has no tokenizer.json "
-                                "or vocab.txt")
-    resuming = os.path.exists(os.path.join(own, "tokenizer.json"))
-    distributed.barrier("tokenizer")  # every process has looked before process 0 writes
-    if resuming:  # the same vocabulary
-        return Tokenization.from_dir(own)
-    tok = Tokenization.train_wordlevel(vocab_texts(), vocab_size)
-    if jax.process_index() == 0:
-        tok.save(own)
-    return tok
-
-
-def flat_params(params) -> Dict[str, np.ndarray]:
-    """``{"a/b/c": array}`` (the layout of ``final_params.safetensors``); with several
-    processes, every process must call it (parameters sharded across them are gathered)."""
-    flat = jax.tree_util.tree_flatten_with_path(distributed.to_numpy(params))[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
-            for path, v in flat}
-
-
-def load_params_into(path: str, params):
-    """Parameters from a previous run's ``final_params.safetensors`` (file or model_dir),
-    checked against ``params``' names and shapes."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "final_params.safetensors")
-    saved, want = load_file(path), flat_params(params)
-    for name, arr in want.items():
-        if name not in saved or saved[name].shape != arr.shape:
-            got = "missing" if name not in saved else f"shape {saved[name].shape}"
-            raise ValueError(f"{path}: parameter {name!r} is {got}, model wants {arr.shape} "
-                             "(saved from another architecture)")
-    leaves = [jnp.asarray(saved[name]) for name in want]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
-
-
+# ---------------------------------------------------------------------------------- settings
 @gin.configurable
 def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           tasks: Optional[Sequence[str]] = None, exclude_tasks: Sequence[str] = (),
@@ -187,7 +124,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       ance_index_spec: mine with a FAISS index of this spec ("HNSW32", ...) instead of
         exact search (``ance.mine_episode``).
       reset_multitask_state: re-initialise the multitask state (TACO EMA) at each episode.
-      per_task, grad_cache_chunk: see ``train_step.make_train_step``.
+      per_task, grad_cache_chunk: see ``training.step.make_train_step``.
       model_parallel: size of the mesh's "model" axis (parameters by the logical rules).
       multihost: one process per host (TPU pods, multi-GPU nodes): ``jax.distributed``
         first; the mesh spans all processes' devices, process 0 alone writes files other
@@ -206,122 +143,291 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       halt_after: stop this process after that step (a preemption drill; rerun resumes).
       return_state: also return the final train state.
     """
+    s = Settings(**locals())
     if multihost:
         distributed.initialize(coordinator_address, num_processes, process_id)
+    plan = ance.EpisodePlan(steps, ance_episodes, ance_episode_steps)
+    finished = finished_run(model_dir, plan.total_steps)
+    if finished is not None and not return_state:
+        return finished
     main_process = jax.process_index() == 0
     os.makedirs(model_dir, exist_ok=True)
     if main_process:  # the run's full configuration, for the tools that load it later
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
+    data_dir, table, data, bm25, dev = prepare_data(s)
+    model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
+    mt, tx, schedule = make_optimizer(s, len(data), plan.total_steps)
+    run = Run(s, plan, data, table, model, tokenizer, lens, main_process)
+    state, state_sh, ckpt, mesh, row_multiple = init_or_restore(s, params, tx, model, plan)
+    step_fn, make_batch, batch_sh = compile_step(run, model, tx, state, state_sh, mesh,
+                                                 row_multiple, data)
+    state, result, initial = train_loop(run, state, state_sh, step_fn, make_batch, batch_sh,
+                                        ckpt, mt, schedule, dev)
+    summary = finish(run, state, ckpt, bm25, dev, result, initial)
+    return (summary, state) if return_state else summary
+
+
+class Settings(types.SimpleNamespace):
+    """``train()``'s arguments (``s.steps``, ``s.marker``, ...), as one value the stages
+    share."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+    """Token lengths after the model's position limit: training passages, validation /
+    mining passages, and the cap on every task's query length."""
+    passage: int
+    eval_passage: int
+    query: Optional[int]
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop's stages share (``data`` changes when an ANCE episode re-mines)."""
+    s: Settings
+    plan: ance.EpisodePlan
+    data: Dict[str, TaskData]
+    table: PassageTable
+    model: Any
+    tokenizer: Tokenization
+    lens: Lengths
+    main_process: bool
+
+
+# ------------------------------------------------------------------------ 1. run directory
+def finished_run(model_dir: str, total_steps: int) -> Optional[dict]:
+    """The saved summary when ``model_dir`` holds a run that finished all ``total_steps``
+    (its final parameters written), else None: rerunning a finished command keeps every
+    file as it is."""
+    path = os.path.join(model_dir, SUMMARY_FILE)
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(model_dir, PARAMS_FILE))):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    if summary.get("steps") != total_steps or summary.get("completed_steps") != total_steps:
+        return None
+    log.info("%s already finished all %d steps: nothing to train, every file is kept (use a "
+             "new --model_dir to train again)", model_dir, total_steps)
+    return summary
+
+
+# ----------------------------------------------------------------------------------- 2. data
+def prepare_data(s: Settings):
+    """The benchmark directory, its passage table, the training tasks' examples with BM25
+    hard negatives, the BM25 index and the dev records validated."""
+    data_dir = s.data_dir
     if data_dir is None:
-        data_dir = os.path.join(model_dir, "minikilt")
-        if main_process:
-            minikilt.generate(data_dir, scale=minikilt_scale, seed=seed)
+        data_dir = os.path.join(s.model_dir, "minikilt")
+        if jax.process_index() == 0:
+            log.info("generating the mini-KILT (scale %g) into %s", s.minikilt_scale, data_dir)
+            minikilt.generate(data_dir, scale=s.minikilt_scale, seed=s.seed)
         distributed.barrier("minikilt")  # the others read it once it is complete
-    excluded = {get_task(n).name for n in exclude_tasks}  # unknown names fail, listing known
-    task_list = [t for t in benchmark_tasks(data_dir, "train", tasks) if t.name not in excluded]
+    excluded = {get_task(n).name for n in s.exclude_tasks}  # unknown names fail, listing known
+    task_list = [t for t in benchmark_tasks(data_dir, "train", s.tasks) if t.name not in excluded]
     if not task_list:
-        raise ValueError(f"no tasks left to train on (tasks={tasks}, exclude_tasks={exclude_tasks})")
-    table = PassageTable.from_pages(kilt.iter_knowledge_source(
-        os.path.join(data_dir, "knowledge_source.jsonl")), mode=chunk_mode)
+        raise ValueError(f"no tasks left to train on (tasks={s.tasks}, "
+                         f"exclude_tasks={s.exclude_tasks})")
+    source = os.path.join(data_dir, "knowledge_source.jsonl")
+    pages = tqdm(kilt.iter_knowledge_source(source), desc="knowledge source", unit=" pages",
+                 mininterval=1, disable=jax.process_index() != 0)
+    table = PassageTable.from_pages(pages, mode=s.chunk_mode)
+    log.info("%d passages from %s (%s chunks); indexing them for BM25", len(table), source,
+             s.chunk_mode)
+    bm25 = BM25Retriever().index(table, show_progress=False)
+    data = load_task_data(data_dir, table, task_list, bm25, s.num_negatives, s.min_bleu,
+                          s.max_examples, s.seed)
+    val_names = s.val_tasks or [t.name for t in benchmark_tasks(data_dir, "dev", None)]
+    dev = {t.name: kilt.read_task_file(os.path.join(data_dir, t.filename("dev")))
+           for t in benchmark_tasks(data_dir, "dev", val_names)}
+    return data_dir, table, data, bm25, dev
+
+
+def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm25: BM25Retriever,
+                   num_negatives: int, min_bleu: Optional[float],
+                   max_examples: Optional[int] = None, seed: int = 0,
+                   progress: bool = True) -> Dict[str, TaskData]:
+    """Training examples per task with their top BM25 hard negatives.
+
+    ``max_examples`` keeps a seeded random subset of that many examples per task
+    (few-shot fine-tuning: 128 / 1,024)."""
+    examples_of = {}
+    for task in tasks:
+        path = os.path.join(data_dir, task.filename("train"))
+        records = kilt.read_task_file(path)
+        if not records:
+            raise ValueError(f"{path}: empty task file (no records) for task {task.name!r}")
+        examples, stats = training_examples(records, table, min_bleu=min_bleu, name=task.name)
+        if not examples:
+            raise ValueError(f"{path}: no usable training examples for task {task.name!r} "
+                             f"({stats.summary()})")
+        if max_examples is not None and len(examples) > max_examples:
+            keep = sorted(random.Random(f"{seed}/{task.name}").sample(range(len(examples)),
+                                                                       max_examples))
+            examples = [examples[i] for i in keep]
+        examples_of[task] = examples
+    out = {}
+    with tqdm(total=sum(map(len, examples_of.values())), desc="BM25 negatives", unit=" queries",
+              disable=not progress or jax.process_index() != 0) as bar:
+        for task, examples in examples_of.items():
+            rows, _ = bm25.search([e.query for e in examples], k=100, show_progress=False)
+            negs = bm25.hard_negatives(rows, [e.positives for e in examples], num=num_negatives)
+            out[task.name] = TaskData(task, examples, negs)
+            bar.update(len(examples))
+    return out
+
+
+# ---------------------------------------------------------------------------------- 3. model
+def prepare_model(s: Settings, table: PassageTable, data: Dict[str, TaskData]):
+    """``build_biencoder()`` (gin), the ``init_from`` parameters, the vocabulary and the
+    input lengths capped by the model's position limit."""
     model, params, cfg = build_biencoder()
-    if init_from:
-        params = load_params_into(init_from, params)
-    eval_passage_len = eval_passage_len or passage_len
+    if s.init_from:
+        params = load_params_into(s.init_from, params)
+    passage_len, eval_len = s.passage_len, s.eval_passage_len or s.passage_len
+    query_len = s.query_len
     max_pos = getattr(cfg, "max_position_embeddings", None)
     if max_pos is not None:  # absolute positions cap every length (e.g. tiny BERT: 128)
-        passage_len, eval_passage_len = min(passage_len, max_pos), min(eval_passage_len, max_pos)
+        passage_len, eval_len = min(passage_len, max_pos), min(eval_len, max_pos)
         query_len = min(query_len or max_pos, max_pos)
-    bm25 = BM25Retriever().index(table, show_progress=False)
-    data = load_task_data(data_dir, table, task_list, bm25, num_negatives, min_bleu,
-                          max_examples, seed)
-    vocab_texts = lambda: table.contents() + [d.task.format_query(e.query, marker)
+    vocab_texts = lambda: table.contents() + [d.task.format_query(e.query, s.marker)
                                               for d in data.values() for e in d.examples]
-    tokenizer = _tokenizer(model_dir, tokenizer_dir, model.source_dir, vocab_texts, cfg.vocab_size,
-                           init_from)
-    plan = ance.EpisodePlan(steps, ance_episodes, ance_episode_steps)
-    total = plan.total_steps
-    sampler = MixingSampler({t: len(d.examples) for t, d in data.items()}, global_batch,
-                            c=mixing_c, seed=seed)
-    towers = jnp.asarray([model.tower_index(d.task) for d in data.values()], jnp.int32)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, max(1, int(warmup_fraction * total)), max(total, 2), 0.0)
-    mt = multitask.build_method(num_tasks=len(data), total_steps=total)
-    tx = optax.chain(mt, optax.clip_by_global_norm(clip_norm),
-                     optax.adamw(schedule, weight_decay=weight_decay))
+    tokenizer = _tokenizer(s.model_dir, s.tokenizer_dir, model.source_dir, vocab_texts,
+                           cfg.vocab_size, s.init_from)
+    return model, params, cfg, tokenizer, Lengths(passage_len, eval_len, query_len)
 
-    mesh = partitioning.make_mesh(model_parallel)
-    data_size = mesh.shape["data"]
-    row_multiple = math.lcm(data_size, grad_cache_chunk or 1)
+
+def _tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Optional[str],
+               vocab_texts: Callable[[], Sequence[str]], vocab_size: int,
+               init_from: Optional[str] = None) -> Tokenization:
+    """The given / ``init_from`` run's / checkpoint's vocabulary, else a word-level one built
+    from the passages and the formatted training queries (queries word their questions
+    differently from the passages; a passage-only vocabulary would map those words to
+    [UNK]), kept in model_dir. A run initialised from another run uses that run's own
+    vocabulary: its embedding rows belong to those token ids."""
+    own = os.path.join(model_dir, "tokenizer")
+    init_tok = None
+    if init_from:
+        init_tok = os.path.join(init_from if os.path.isdir(init_from)
+                                else os.path.dirname(init_from), "tokenizer")
+    for d in (tokenizer_dir, init_tok, checkpoint_dir):
+        if d and any(os.path.exists(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.txt")):
+            return Tokenization.from_dir(d)
+    if tokenizer_dir:
+        raise FileNotFoundError(f"train.tokenizer_dir={tokenizer_dir!r} has no tokenizer.json "
+                                "or vocab.txt")
+    resuming = os.path.exists(os.path.join(own, "tokenizer.json"))
+    distributed.barrier("tokenizer")  # every process has looked before process 0 writes
+    if resuming:  # the same vocabulary
+        return Tokenization.from_dir(own)
+    tok = Tokenization.train_wordlevel(vocab_texts(), vocab_size)
+    if jax.process_index() == 0:
+        tok.save(own)
+    return tok
+
+
+# ------------------------------------------------------------------------------ 4. optimizer
+def make_optimizer(s: Settings, num_tasks: int, total: int):
+    """(multitask transform, the full chain, the learning-rate schedule): the multitask
+    update over the stacked per-task gradients, global-norm clipping, AdamW with linear
+    warm-up then cosine decay over all steps."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, s.learning_rate, max(1, int(s.warmup_fraction * total)), max(total, 2), 0.0)
+    mt = multitask.build_method(num_tasks=num_tasks, total_steps=total)
+    tx = optax.chain(mt, optax.clip_by_global_norm(s.clip_norm),
+                     optax.adamw(schedule, weight_decay=s.weight_decay))
+    return mt, tx, schedule
+
+
+# ---------------------------------------------------------------------------------- 5. state
+def init_or_restore(s: Settings, params, tx, model, plan: ance.EpisodePlan):
+    """The train state placed on the mesh (parameters sharded by the model's logical axes
+    when ``model_parallel > 1``), restored from ``<model_dir>/checkpoints`` if any."""
+    mesh = partitioning.make_mesh(s.model_parallel)
+    row_multiple = math.lcm(mesh.shape["data"], s.grad_cache_chunk or 1)
     param_sh = (partitioning.logical_shardings(model.logical_specs(), mesh)
-                if model_parallel > 1 else None)
-    state = init_train_state(params, tx, seed)
+                if s.model_parallel > 1 else None)
+    state = init_train_state(params, tx, s.seed)
     state_sh = state_shardings(state, mesh, param_sh)
     state = jax.device_put(state, state_sh)
-    ckpt = Checkpointer(os.path.join(model_dir, "checkpoints"), keep=keep,
+    ckpt = Checkpointer(os.path.join(s.model_dir, "checkpoints"), keep=s.keep,
                         best_metric="avg_page_rprec")
     if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(target=state)
-        log.info("resumed from step %d of %d", int(state["step"]), total)
+        log.info("resumed from step %d of %d", int(state["step"]), plan.total_steps)
+    return state, state_sh, ckpt, mesh, row_multiple
 
-    def make_batch(step):
-        return build_step_batch(sampler.batch(step), data, tokenizer, table, passage_len,
-                                num_negatives, marker, rng=np.random.default_rng([seed, step]),
-                                query_len=query_len, row_multiple=row_multiple)
+
+# ------------------------------------------------------------------------------- 6. the step
+def compile_step(run: Run, model, tx, state, state_sh, mesh, row_multiple: int, data):
+    """The jitted train step for this run's batch shapes, compiled now (with a message and
+    its time: a big model takes minutes), and the batch builder."""
+    s = run.s
+    towers = jnp.asarray([model.tower_index(d.task) for d in data.values()], jnp.int32)
+    sampler = MixingSampler({t: len(d.examples) for t, d in data.items()}, s.global_batch,
+                            c=s.mixing_c, seed=s.seed)
+
+    def make_batch(step):  # reads run.data: an ANCE episode swaps the negatives in
+        return build_step_batch(sampler.batch(step), run.data, run.tokenizer, run.table,
+                                run.lens.passage, s.num_negatives, s.marker,
+                                rng=np.random.default_rng([s.seed, step]),
+                                query_len=run.lens.query, row_multiple=row_multiple)
 
     probe = make_batch(0)
     batch_sh = batch_shardings(probe.arrays(), mesh)
     shapes = task_shapes_of(probe.arrays(), probe.task_query_lens, row_multiple)
     step_fn = make_train_step(model, tx, towers, mesh=mesh, state_sharding=state_sh,
-                              batch_sharding=batch_sh, temperature=temperature,
-                              per_task=per_task, grad_cache_chunk=grad_cache_chunk,
+                              batch_sharding=batch_sh, temperature=s.temperature,
+                              per_task=s.per_task, grad_cache_chunk=s.grad_cache_chunk,
                               task_shapes=shapes)
-    distributed.compile_together(step_fn, state, put_batch(probe.arrays(), batch_sh))
-    val_names = val_tasks or [t.name for t in benchmark_tasks(data_dir, "dev", None)]
-    dev = {t.name: kilt.read_task_file(os.path.join(data_dir, t.filename("dev")))
-           for t in benchmark_tasks(data_dir, "dev", val_names)}
-    logger = ScalarLogger(os.path.join(model_dir, "tb")) if main_process else None
-    mine_kw = dict(passage_len=eval_passage_len, query_len=query_len, marker=marker,
-                   batch_size=eval_batch_size, depth=ance_depth, sample=ance_sample,
-                   index_spec=ance_index_spec)
+    with timed(f"compiling the train step ({len(data)} tasks, batch {s.global_batch})"):
+        distributed.compile_together(step_fn, state, put_batch(probe.arrays(), batch_sh))
+    return step_fn, make_batch, batch_sh
 
-    def validate_now(progress):  # on every process, with a process-local parameter copy
-        return validate(model, distributed.host_local(state["params"]), tokenizer, table, dev,
-                        eval_passage_len, marker, progress=progress, query_len=query_len,
-                        batch_size=eval_batch_size)
 
-    def use_episode(episode, params_now):
-        params_now = distributed.host_local(params_now)  # mined on every process alike
-        path = ance.negatives_path(model_dir, episode)
-        if os.path.exists(path):
-            negs = ance.load_negatives(path, data)
-        else:
-            negs = ance.mine_episode(model, params_now, tokenizer, table, data, num=num_negatives,
-                                     seed=seed + episode, **mine_kw)
-            if main_process:
-                ance.save_negatives(path, negs)
-        for name, d in list(data.items()):
-            data[name] = TaskData(d.task, d.examples, negs[name])
+class timed:
+    """Logs ``what`` before and its elapsed seconds after (phases without a progress bar)."""
 
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        log.info("%s ...", self.what)
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            log.info("%s: done in %.0f s", self.what, time.perf_counter() - self.start)
+
+
+# ------------------------------------------------------------------------------- 7. the loop
+def train_loop(run: Run, state, state_sh, step_fn, make_batch, batch_sh, ckpt, mt, schedule,
+               dev):
+    """Steps from the restored one to the end (or ``halt_after``): ANCE episodes at their
+    first step, validation every ``eval_every`` steps and at the end, checkpoints.
+    Returns (state, the last validation, the initial model's validation)."""
+    s, plan, total = run.s, run.plan, run.plan.total_steps
+    logger = ScalarLogger(os.path.join(s.model_dir, "tb")) if run.main_process else None
     start = int(state["step"])
     if plan.episode_at(start) > 0 and start != plan.start(plan.episode_at(start)):
-        use_episode(plan.episode_at(start), state["params"])  # resumed inside an episode
+        use_episode(run, plan.episode_at(start), state["params"])  # resumed inside an episode
     result, initial = None, None
-    if eval_at_start and start == 0:
-        initial = validate_now(progress=main_process)
+    if s.eval_at_start and start == 0:
+        log.info("validating the initial (untrained) model")
+        initial = validate_now(run, state, dev)
         log.info("initial model: val avg page R-prec %.4f", initial["avg_page_rprec"])
-    end = total if halt_after is None else min(total, halt_after)
-    ckpt_every = checkpoint_every or eval_every
+    end = total if s.halt_after is None else min(total, s.halt_after)
+    ckpt_every = s.checkpoint_every or s.eval_every
     last_skipped = int(state["skipped"])
     bar = tqdm(range(start, end), desc="train", initial=start, total=total, unit="step",
-               disable=not main_process or start >= end)
+               disable=not run.main_process or start >= end)
     for step in bar:
         episode = plan.episode_at(step)
         if episode and step == plan.start(episode):
-            log.info("ANCE episode %d of %d at step %d: mining negatives", episode,
-                     plan.episodes, step)
-            use_episode(episode, state["params"])
-            if reset_multitask_state:
+            bar.write(f"ANCE episode {episode} of {plan.episodes} at step {step}: "
+                      "mining negatives with the current model")
+            use_episode(run, episode, state["params"])
+            if s.reset_multitask_state:
                 state["opt_state"] = (mt.init(state["params"]),) + tuple(state["opt_state"][1:])
                 state = jax.device_put(state, state_sh)
         batch = make_batch(step)
@@ -339,10 +445,9 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
             logger.log(step, {"loss": float(tl.mean()), "lr": float(schedule(step)),
                               "skipped": skipped,
                               **{f"loss/{t}": float(v) for t, v in zip(batch.tasks, tl)}})
-        done = step + 1
-        metrics = None
-        if done % eval_every == 0 or done == total:
-            result = validate_now(progress=False)
+        done, metrics = step + 1, None
+        if done % s.eval_every == 0 or done == total:
+            result = validate_now(run, state, dev)
             metrics = {"avg_page_rprec": result["avg_page_rprec"]}
             bar.write(f"step {done}: val avg page R-prec {result['avg_page_rprec']:.4f} " +
                       " ".join(f"{t}={r['page_rprec']:.3f}" for t, r in result["tasks"].items()))
@@ -351,27 +456,72 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
                                   **{f"val/{t}": r["page_rprec"] for t, r in result["tasks"].items()}})
         if metrics or done % ckpt_every == 0 or done == end:
             ckpt.save(done, state, {"sampler": {"step": done}, "episode": episode}, metrics=metrics)
+    bar.close()
     ckpt.wait()
     if logger:
         logger.close()
+    return state, result, initial
+
+
+def validate_now(run: Run, state, dev):
+    """Dense validation on every process, with a process-local parameter copy."""
+    return validate(run.model, distributed.host_local(state["params"]), run.tokenizer,
+                    run.table, dev, run.lens.eval_passage, run.s.marker,
+                    progress=run.main_process, query_len=run.lens.query,
+                    batch_size=run.s.eval_batch_size)
+
+
+def use_episode(run: Run, episode: int, params_now) -> None:
+    """Swaps ``episode``'s dense negatives into ``run.data``: loaded when that episode's
+    file exists (a resumed run), else mined with the current parameters and saved."""
+    s = run.s
+    params_now = distributed.host_local(params_now)  # mined on every process alike
+    path = ance.negatives_path(s.model_dir, episode)
+    if os.path.exists(path):
+        negs = ance.load_negatives(path, run.data)
+    else:
+        negs = ance.mine_episode(run.model, params_now, run.tokenizer, run.table, run.data,
+                                 num=s.num_negatives, seed=s.seed + episode,
+                                 passage_len=run.lens.eval_passage, query_len=run.lens.query,
+                                 marker=s.marker, batch_size=s.eval_batch_size,
+                                 depth=s.ance_depth, sample=s.ance_sample,
+                                 index_spec=s.ance_index_spec, progress=run.main_process)
+        if run.main_process:
+            ance.save_negatives(path, negs)
+    for name, d in list(run.data.items()):
+        run.data[name] = TaskData(d.task, d.examples, negs[name])
+
+
+# -------------------------------------------------------------------------------- 8. the end
+def finish(run: Run, state, ckpt, bm25, dev, result, initial) -> dict:
+    """Writes ``final_params.safetensors``, ``summary.json`` and (``compare_bm25``) the
+    comparison table when every step is done; returns the summary."""
+    s, total = run.s, run.plan.total_steps
     finished = int(state["step"]) >= total
     summary = {"steps": total, "completed_steps": int(state["step"]),
-               "skipped_steps": int(state["skipped"]), "tasks": list(data),
+               "skipped_steps": int(state["skipped"]), "tasks": list(run.data),
                "best_step": ckpt.best_step(), "validation": _metrics(result),
                "initial_validation": _metrics(initial)}
     final = flat_params(state["params"]) if finished else None  # on every process: may gather
-    if main_process and finished:  # (also an evaluation-only run: steps=0)
-        save_file(final, os.path.join(model_dir, "final_params.safetensors"))
-        write_summary(os.path.join(model_dir, "summary.json"), summary)
-        if compare_bm25 and (result or initial):
-            print(comparison_table(model_dir, bm25, table, dev, result, initial, int(state["step"])))
-    return (summary, state) if return_state else summary
+    if run.main_process and finished:  # (also an evaluation-only run: steps=0)
+        if s.compare_bm25 and (result or initial):
+            comparison_table(s.model_dir, bm25, run.table, dev, result, initial,
+                             int(state["step"]))
+        save_file(final, os.path.join(s.model_dir, PARAMS_FILE))
+        write_summary(os.path.join(s.model_dir, SUMMARY_FILE), summary)  # last: "finished"
+    return summary
+
+
+def flat_params(params) -> Dict[str, np.ndarray]:
+    """``{"a/b/c": array}`` (the layout of ``final_params.safetensors``); with several
+    processes, every process must call it (parameters sharded across them are gathered)."""
+    return flat_numpy(distributed.to_numpy(params))
 
 
 def comparison_table(model_dir: str, bm25: BM25Retriever, table: PassageTable, dev, result,
                      initial, step: int) -> str:
-    """Per-task R-precision x100 of BM25 next to the model (and its initial state)."""
-    rows: Dict[str, Dict[str, Optional[float]]] = {}
+    """Per-task R-precision x100 of BM25 next to the model (and its initial state), written
+    to ``<model_dir>/table.{txt,md,csv,json}``; returns the text."""
     bm = {}
     for name, records in dev.items():
         records = [r for r in records if r.input is not None]
@@ -382,6 +532,7 @@ def comparison_table(model_dir: str, bm25: BM25Retriever, table: PassageTable, d
         runs.append(("initial", initial["tasks"]))
     if result is not None:
         runs.append((f"trained ({step} steps)", result["tasks"]))
+    rows: Dict[str, Dict[str, Optional[float]]] = {}
     for label, per_task in runs:
         rows[f"{label} page R-prec"] = {t: 100 * r["page_rprec"] for t, r in per_task.items()}
     for label, per_task in runs:
@@ -389,9 +540,12 @@ def comparison_table(model_dir: str, bm25: BM25Retriever, table: PassageTable, d
             t: None if r["passage_rprec"] is None else 100 * r["passage_rprec"]
             for t, r in per_task.items()}
     names = list(dev)
-    tables.write_tables(os.path.join(model_dir, "table"), rows, names)
-    return ("\nDev-set KILT R-precision x100 (page level is the main metric):\n\n" +
-            tables.format_table(rows, names))
+    tables.write_tables(os.path.join(model_dir, TABLE_PREFIX), rows, names)
+    text = ("Dev-set KILT R-precision x100 (page level is the main metric; \"initial\" is "
+            "the untrained model):\n\n" + tables.format_table(rows, names))
+    with open(os.path.join(model_dir, TABLE_PREFIX + ".txt"), "w") as f:
+        f.write(text)
+    return text
 
 
 def _metrics(result):
@@ -399,15 +553,37 @@ def _metrics(result):
                                         "tasks": result["tasks"]}
 
 
+# -------------------------------------------------------------------------- command line
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.setup_logging()
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required: the run's output directory")
+    cli.absolute_flags(FLAGS, "model_dir")
     parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    cli.absolute_gin_paths()
     summary = train(model_dir=FLAGS.model_dir)
-    print(summary)
+    print(final_report(FLAGS.model_dir, summary))
+
+
+def final_report(model_dir: str, summary: dict) -> str:
+    """The last thing on the screen: the comparison table (or the validation figures) and
+    where the run's files are."""
+    path = os.path.join(model_dir, TABLE_PREFIX + ".txt")
+    if os.path.isfile(path):
+        with open(path) as f:
+            body = f.read()
+    elif summary.get("validation"):
+        body = f"validation: average page R-prec {summary['validation']['avg_page_rprec']:.4f}\n"
+    else:
+        body = (f"{summary['completed_steps']} of {summary['steps']} steps done "
+                "(rerun the same command to resume)\n")
+    return (f"\n{body}\nThe run's files (checkpoints, final_params.safetensors, summary.json, "
+            f"table.*, config.gin, TensorBoard events in tb/) are in {model_dir}")
 
 
 if __name__ == "__main__":

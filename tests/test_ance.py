@@ -10,19 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from multiret_jax import ance
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import TaskData
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import TrainingExample
-from multiret_jax.data.tasks import get_task
-from multiret_jax.evaluate import benchmark_tasks
+from multiret_jax.data.tasks import benchmark_tasks, get_task
+from multiret_jax.data.tokenization import Tokenization
+from multiret_jax.encoding import encode_passages_of, encode_texts, jitted_encoders
 from multiret_jax.gin_utils import parse_gin
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.models.tokenization import Tokenization
 from multiret_jax.train import load_task_data, train
-from multiret_jax.validation import encode_passages_of, encode_texts, jitted_encoders
+from multiret_jax.training import ance
 
 TASKS = ("trex", "nq", "fever")
 PASSAGE_LEN, QUERY_LEN = 64, 32

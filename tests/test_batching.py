@@ -11,8 +11,8 @@ from multiret_jax.data.mixing import MixingSampler
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import TrainingExample
 from multiret_jax.data.tasks import get_task
-from multiret_jax.losses import nce_loss
-from multiret_jax.models.tokenization import Tokenization
+from multiret_jax.data.tokenization import Tokenization
+from multiret_jax.training.losses import nce_loss
 
 WORDS = ("river mountain castle king queen battle city music film album river song "
          "painter novel island bridge planet ocean forest desert empire train").split()

@@ -69,8 +69,8 @@ def test_task_specific_query_towers_traced_index():
 
 
 def test_pretrained_minilm_towers_equal_plain_encoder(minilm_dir):
+    from multiret_jax.data.tokenization import Tokenization
     from multiret_jax.models.bert_hf import load_bert
-    from multiret_jax.models.tokenization import Tokenization
     model, params, cfg = build_biencoder("bert", checkpoint_dir=str(minilm_dir))
     tok = Tokenization.from_dir(str(minilm_dir))
     ids, mask = tok.encode(["who wrote hamlet", "Hamlet is a tragedy by William Shakespeare."], 32)

@@ -14,8 +14,8 @@ import optax
 import pytest
 
 from multiret_jax import multitask
-from multiret_jax.checkpointing import Checkpointer
-from multiret_jax.scalars import ScalarLogger, write_summary
+from multiret_jax.training.checkpointing import Checkpointer
+from multiret_jax.training.scalars import ScalarLogger, write_summary
 
 
 def _params(hidden=4):

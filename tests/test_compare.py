@@ -1,5 +1,5 @@
-"""Run comparison (compare.py) and the passage-level metrics of evaluate.py, on hand-made
-results whose tables are computed here by hand."""
+"""Run comparison (experiments/compare.py) and the passage-level metrics of evaluate.py, on
+hand-made results whose tables are computed here by hand."""
 
 import csv
 import io
@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from multiret_jax import compare, evaluate, tables
+from multiret_jax import evaluate, tables
 from multiret_jax.data import kilt
 from multiret_jax.data.kilt import Page
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.tasks import get_task
+from multiret_jax.experiments import compare
 
 
 def _page(rprec, r5, s5):
@@ -146,7 +147,7 @@ def test_metric_names():
 
 def test_cli(runs, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "multiret_jax.compare", "--runs", f"bm25={runs['bm25']}",
+        [sys.executable, "-m", "multiret_jax.experiments.compare", "--runs", f"bm25={runs['bm25']}",
          f"taco={runs['taco']}", "--reference=bm25", "--metric=page_rprec",
          f"--out={tmp_path / 'c'}"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -155,8 +156,8 @@ def test_cli(runs, tmp_path):
     assert lines[1].split() == ["FEV", "NQ", "HoPo", "WoW", "Avg"]
     assert lines[3].split() == ["taco", "75.00", "45.00", "30.00", "-", "50.00"]
     assert "+25.00" in out.stdout and (tmp_path / "c.csv").exists()
-    bad = subprocess.run([sys.executable, "-m", "multiret_jax.compare", f"--runs=x={tmp_path}"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "multiret_jax.experiments.compare",
+                          f"--runs=x={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and f"{tmp_path} is neither" in bad.stderr
 
 

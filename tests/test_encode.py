@@ -1,5 +1,5 @@
 """Streaming corpus encoding (``multiret_jax.index.encode``) on 75 mini-KILT passages in
-shards of 16 rows: equals ``validation.encode_passages_of`` (tiny BERT); resumes after a
+shards of 16 rows: equals ``encoding.encode_passages_of`` (tiny BERT); resumes after a
 crash encoding only the missing shards; rebuilds and refuses tampered shards; refuses a
 directory of another table / model; 3 jobs make the single-job output; 8 devices equal 1;
 the trained-run entry point."""
@@ -21,12 +21,12 @@ from safetensors.numpy import save_file
 
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.data.tokenization import Tokenization
+from multiret_jax.encoding import encode_passages_of
 from multiret_jax.gin_utils import parse_gin
 from multiret_jax.index import encode as enc
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.models.tokenization import Tokenization
 from multiret_jax.train import flat_params
-from multiret_jax.validation import encode_passages_of
 
 N, SHARD, BATCH, LEN, VOCAB = 75, 16, 8, 32, 300  # 5 shards: 4 x 16 + 11 rows
 OVERRIDES = {"vocab_size": VOCAB, "dropout_rate": 0.0, "attention_dropout_rate": 0.0}
@@ -231,7 +231,7 @@ EIGHT_DEVICES = textwrap.dedent("""
     from multiret_jax.data.passages import PassageTable
     from multiret_jax.index import encode as enc
     from multiret_jax.models.encoders import build_biencoder
-    from multiret_jax.models.tokenization import Tokenization
+    from multiret_jax.data.tokenization import Tokenization
     assert len(jax.local_devices()) == 8
     full = PassageTable.from_pages(kilt.iter_knowledge_source(
         os.path.join({data!r}, "knowledge_source.jsonl")))

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from multiret_jax import gradcache, losses
 from multiret_jax.models.encoders import build_biencoder
+from multiret_jax.training import gradcache, losses
 
 
 
@@ -132,8 +132,9 @@ def test_gradient_cache_equals_uncached():
 
 XDEV_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from multiret_jax import losses, partitioning
+    from multiret_jax import partitioning
     from multiret_jax.models.encoders import build_biencoder
+    from multiret_jax.training import losses
     assert jax.device_count() == 8
     model, params, _ = build_biencoder("bert", "bert_tiny")
     rng = np.random.default_rng(0)

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from multiret_jax.data.negatives import filter_negatives
 from multiret_jax.index.faiss_index import build_index, sharded_search
-from multiret_jax.index.mine import exact_search, filter_negatives, mine_negatives
+from multiret_jax.index.mine import exact_search, mine_negatives
 
 
 def _data(q=7, p=53, d=8, seed=0):

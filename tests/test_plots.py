@@ -1,5 +1,5 @@
-"""TACO analysis plots (plots.py): histograms against NumPy, valid PNGs, and the command
-line on a checkpoint written like train.py's (chain of taco, clipping, AdamW)."""
+"""TACO analysis plots (experiments/plots.py): histograms against NumPy, valid PNGs, and the
+command line on a checkpoint written like train.py's (chain of taco, clipping, AdamW)."""
 
 import json
 import subprocess
@@ -11,9 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from multiret_jax import multitask, plots
-from multiret_jax.checkpointing import Checkpointer
+from multiret_jax import multitask
+from multiret_jax.experiments import plots
 from multiret_jax.multitask import analysis
+from multiret_jax.training.checkpointing import Checkpointer
 
 pytest.importorskip("matplotlib")
 
@@ -88,6 +89,12 @@ def test_write_analysis_matches_numpy(tmp_path):
     assert f"mean task entropy {h.mean():.4f}" in text and "fever" in text
 
 
+def test_write_entropy_histogram(tmp_path):
+    path = plots.write_entropy_histogram(_ema(), str(tmp_path / "h.png"), TAU, bins=BINS)
+    data = open(path, "rb").read()
+    assert len(data) > 1000 and data[:8] == PNG
+
+
 def test_normalize_divides_by_the_task_median(tmp_path):
     ema = _ema(1)
     f32 = np.concatenate([x.reshape(K, -1) for x in jax.tree_util.tree_leaves(ema)], axis=1)
@@ -129,7 +136,8 @@ def test_load_taco_state_and_cli(tmp_path):
     for key, x in ema.items():
         np.testing.assert_array_equal(got[key], x)
     out = subprocess.run(
-        [sys.executable, "-m", "multiret_jax.plots", f"--model_dir={tmp_path / 'run'}",
+        [sys.executable, "-m", "multiret_jax.experiments.plots",
+         f"--model_dir={tmp_path / 'run'}",
          f"--out_dir={tmp_path / 'a'}", f"--bins={BINS}", "--gin_file=taco_tiny.gin",
          '--gin_param=MULTITASK_OPTIONS = {"tau": 1.0, "burn_in_fraction": 0.1}'],
         capture_output=True, text=True, timeout=300)

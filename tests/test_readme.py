@@ -1,6 +1,19 @@
-"""The README's two set-up commands: .ci/run runs the test one verbatim; the main job runs."""
+"""The README's two set-up commands, run as a user runs them.
 
+- ``.ci/run`` holds both commands verbatim (the test command, then the main job twice) and
+  checks the main job's table with ``.ci/check_main_job.py``.
+- The slow test runs the main command string for string with ``bash -c`` in a fresh copy
+  of the repository (relative paths, its own venv), then again (a rerun of the finished
+  run), and checks the table and that the rerun kept every result file.
+- The default suite runs a short training with relative paths from another working
+  directory (orbax needs absolute paths: they are made absolute at the command line), and
+  its rerun.
+"""
+
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,47 +29,109 @@ def readme_commands():
     return [b.strip() for b in re.findall(r"```bash\n(.*?)```", setup, re.S)]
 
 
-def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
+def load_checker():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_main_job",
+                                                  ROOT / ".ci" / "check_main_job.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_exactly_two_setup_commands_and_ci_runs_both_verbatim():
     cmds = readme_commands()
     assert len(cmds) == 2 and all("\n" not in c for c in cmds)
-    assert "multiret_jax." in cmds[0] and "pytest" in cmds[1]
+    main, tests = cmds
+    assert "python -m multiret_jax.train " in main and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert cmds[1] in ci
+    assert os.access(ROOT / ".ci" / "run", os.X_OK)
+    # the test command first, then the main command, then the check; the rerun, checked
+    assert ci.index(tests) < ci.index(main)
+    runs = [i for i, line in enumerate(ci) if line == main]
+    checks = [i for i, line in enumerate(ci) if line.startswith("python3 .ci/check_main_job.py")]
+    assert len(runs) == 2 and len(checks) == 2
+    assert runs[0] < checks[0] < runs[1] < checks[1]
+    assert "--save=" in ci[checks[0]] and "--same_as=" in ci[checks[1]]
 
 
-def _run_main(tmp_path, extra=()):
-    main = readme_commands()[0].split("&&")[-1].split()
-    assert main[:3] == ["python", "-m", "multiret_jax.train"]
-    args = [a for a in main[3:] if not a.startswith("--model_dir")]
-    args += [f"--model_dir={tmp_path / 'run'}", *extra]
-    out = subprocess.run([sys.executable, "-m", "multiret_jax.train", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.splitlines()
-    header = next(l for l in lines if l.strip().startswith("FEV"))
-    assert header.split() == ["FEV", "AY2", "T-REx", "zsRE", "NQ", "HoPo", "TQA", "WoW", "Avg"]
-    rows = {}
-    for l in lines:
-        m = re.match(r"^(BM25|trained \(\d+ steps\)) page R-prec\s+(.*)$", l)
-        if m:
-            rows[m.group(1).split()[0]] = [float(v) for v in m.group(2).split()]
-    assert set(rows) == {"BM25", "trained"}
-    assert all(len(v) == 9 and all(0 <= x <= 100 for x in v) for v in rows.values())
-    return rows
+def _model_dir_of(command: str) -> str:
+    return re.search(r"--model_dir=(\S+)", command).group(1)
 
 
-def test_main_job_runs_on_embedded_data(tmp_path):
-    """The README's main command, shortened (20 warm-up steps, 5-step ANCE episodes)."""
-    _run_main(tmp_path, ["--gin_param=TRAIN_STEPS=20", "--gin_param=ANCE_EPISODE_STEPS=5",
-                         "--gin_param=EVAL_EVERY=1000", "--gin_param=train.minikilt_scale=0.5"])
-    assert sorted(p.name for p in (tmp_path / "run" / "ance").iterdir()) == [
-        "episode_1.npz", "episode_2.npz"]
-    assert (tmp_path / "run" / "final_params.safetensors").exists()
+def fresh_copy(dest: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files, as a clone has them."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for rel in filter(None, files):
+        src = ROOT / rel.decode()
+        if src.is_file():
+            (dest / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel.decode())
+    return dest
 
 
 @pytest.mark.slow
-def test_main_job_verbatim_learns(tmp_path):
-    """The README command as written: the tiny random-init TACO model must have learned
-    (a random model scores ~0.4 average page R-precision here; see README)."""
-    rows = _run_main(tmp_path)
-    assert rows["trained"][-1] > 10.0
+def test_main_command_verbatim_in_a_fresh_copy_and_its_rerun(tmp_path):
+    """The README main command, string for string, in a fresh copy; then again."""
+    main = readme_commands()[0]
+    repo = fresh_copy(tmp_path / "repo")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                  if ".venv" not in p)
+
+    def run():
+        out = subprocess.run(["bash", "-c", main], cwd=repo, env=env, capture_output=True,
+                             text=True, timeout=1800)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout
+
+    first = run()
+    model_dir = repo / _model_dir_of(main)
+    checker = load_checker()
+    record = tmp_path / "record.json"
+    assert checker.main([str(model_dir), f"--save={record}"]) == 0
+    rows = checker.page_rows(model_dir)
+    assert rows["trained"] > rows["BM25"] and rows["trained"] > rows["initial"]
+    # the table is the last thing printed, followed by where the files are
+    tail = first.rstrip().splitlines()
+    assert tail[-1].startswith("The run's files") and str(model_dir) in tail[-1]
+    assert any(line.startswith("trained (") for line in tail[-12:])
+    second = run()
+    assert checker.main([str(model_dir), f"--same_as={record}"]) == 0
+    assert "trained (" in second  # the rerun prints the same table
+
+
+def _train(cwd: Path, *args: str):
+    return subprocess.run([sys.executable, "-m", "multiret_jax.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_relative_paths_and_rerun_of_a_finished_run(tmp_path):
+    """A short TACO run with a relative --model_dir from another working directory
+    checkpoints (orbax wants absolute paths) and finishes; its rerun keeps every file."""
+    args = ["--gin_file=taco_tiny.gin", "--model_dir=runs/short",
+            "--gin_param=TRAIN_STEPS=4", "--gin_param=ANCE_EPISODE_STEPS=2",
+            "--gin_param=EVAL_EVERY=3", "--gin_param=CHECKPOINT_EVERY=2",
+            "--gin_param=train.minikilt_scale=0.3"]
+    out = _train(tmp_path, *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "short"
+    assert sorted(p.name for p in (run / "ance").iterdir()) == ["episode_1.npz",
+                                                              "episode_2.npz"]
+    assert (run / "checkpoints").is_dir() and (run / "final_params.safetensors").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["completed_steps"] == summary["steps"] == 8
+    assert summary["validation"] is not None
+    lines = out.stdout.rstrip().splitlines()
+    assert lines[-1] == (f"The run's files (checkpoints, final_params.safetensors, "
+                         f"summary.json, table.*, config.gin, TensorBoard events in tb/) "
+                         f"are in {run}")
+    # third-party INFO logs (orbax, absl) are off by default
+    assert "orbax" not in out.stderr and "checkpoint_manager" not in out.stderr
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = _train(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished" in again.stderr
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    assert again.stdout.rstrip().splitlines()[-1] == lines[-1]

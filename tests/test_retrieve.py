@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from multiret_jax import compare, metrics, retrieve, trec
+from multiret_jax import metrics, retrieve, trec
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.tasks import get_task
+from multiret_jax.data.tokenization import Tokenization
+from multiret_jax.experiments import compare
 from multiret_jax.gin_utils import parse_gin
 from multiret_jax.index.encode import encode_run, load_embeddings
 from multiret_jax.index.mine import exact_search
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.models.tokenization import Tokenization
 from multiret_jax.run_dir import load_run, parse_run_config
 from multiret_jax.train import flat_params
 

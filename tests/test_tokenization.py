@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from multiret_jax.data.tasks import get_task
-from multiret_jax.models.tokenization import Tokenization
+from multiret_jax.data.tokenization import Tokenization
 
 TEXTS = ["Who wrote Hamlet?", "Fox 2000 Pictures released the film Soul Food.",
          "Cirith Ungol [SEP] genre", "a " * 300]

@@ -19,12 +19,12 @@ from multiret_jax.data.batching import build_step_batch
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.mixing import MixingSampler
 from multiret_jax.data.passages import PassageTable
-from multiret_jax.evaluate import benchmark_tasks
+from multiret_jax.data.tasks import benchmark_tasks
+from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.models import bert, pooling
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.models.tokenization import Tokenization
 from multiret_jax.train import load_task_data
-from multiret_jax.train_step import (init_train_state, make_train_step, task_shapes_of)
+from multiret_jax.training.step import init_train_state, make_train_step, task_shapes_of
 
 TASKS = ("fever", "trex", "nq")  # K = 3
 K = len(TASKS)
@@ -272,8 +272,8 @@ MESH_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     from multiret_jax import multitask, partitioning
     from multiret_jax.models.encoders import build_biencoder
-    from multiret_jax.train_step import (batch_shardings, init_train_state, make_train_step,
-                                         put_batch, state_shardings)
+    from multiret_jax.training.step import (batch_shardings, init_train_state, make_train_step,
+                                            put_batch, state_shardings)
     assert jax.device_count() == 8, jax.devices()
     z = np.load(BATCH_FILE)
     K = int(z["task_counts_0"].shape[0])

@@ -1,4 +1,4 @@
-"""Dense validation (``multiret_jax.validation``) with the real all-MiniLM-L6-v2 on a small
+"""Dense validation (``multiret_jax.training.validation``) with the real all-MiniLM-L6-v2 on a small
 realmini subset: ~370 passages, the nq dev queries whose gold pages are all in it."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from multiret_jax.data import kilt
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import passage_gold_ids
 from multiret_jax.data.tasks import get_task
+from multiret_jax.data.tokenization import Tokenization
+from multiret_jax.encoding import encode_texts
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.models.tokenization import Tokenization
-from multiret_jax.validation import BestCheckpoint, encode_texts, page_ranking, validate
+from multiret_jax.training.validation import BestCheckpoint, page_ranking, validate
 
 NUM_DISTRACTOR_PAGES = 200
 NUM_RECORDS = 60

@@ -1,4 +1,4 @@
-"""The zero-/few-shot driver (zero_few_shot.py) end to end on a small generated mini-KILT:
+"""The zero-/few-shot driver (experiments/zero_few_shot/) end to end on a small generated mini-KILT:
 one held-out task, tiny configs cut to a couple of steps, every stage a real subprocess."""
 
 import json
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from multiret_jax.data import minikilt
-from multiret_jax.zero_few_shot import (BM25, ZERO_SHOT, Options, PlanError, init_check,
-                                        run_zero_few_shot)
+from multiret_jax.experiments.zero_few_shot.driver import run_zero_few_shot
+from multiret_jax.experiments.zero_few_shot.plan import BM25, ZERO_SHOT, Options, PlanError
+from multiret_jax.experiments.zero_few_shot.stages import init_check
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "nq"  # 135 train records at scale 0.3: enough for 128, too few for 1,024
@@ -103,7 +104,8 @@ def test_few_shot_runs_start_from_the_leave_one_out_model(zfs):
 
 def test_rerun_skips_finished_stages_and_refuses_changed_ones(zfs):
     mtimes = {d: os.path.getmtime(d / "summary.json") for d in [zfs["loo"], *zfs["few"].values()]}
-    cmd = [sys.executable, "-m", "multiret_jax.zero_few_shot", f"--out_dir={zfs['out']}",
+    cmd = [sys.executable, "-m", "multiret_jax.experiments.zero_few_shot",
+           f"--out_dir={zfs['out']}",
            f"--data_dir={zfs['root'] / 'data'}", f"--held_out={TASK}",
            "--base_gin=leave_one_out_tiny.gin", f"--few_shot_gin={','.join(FEW)}",
            *[f"--gin_param={p}" for p in SHORT], "--quiet",

@@ -40,7 +40,7 @@ import numpy as np
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import TrainingExample
 from multiret_jax.data.tasks import Task
-from multiret_jax.models.tokenization import Tokenization
+from multiret_jax.data.tokenization import Tokenization
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ import gin
 import numpy as np
 import Stemmer
 
+from multiret_jax.data.negatives import filter_negatives
 from multiret_jax.data.passages import PassageTable
-from multiret_jax.index.mine import filter_negatives
 
 
 @gin.configurable

@@ -180,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> GeneratedBenchmark:
     ap.add_argument("--force", action="store_true", help="regenerate even if up to date")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    bench = generate(args.out_dir, scale=args.scale, seed=args.seed, force=args.force)
+    bench = generate(os.path.abspath(args.out_dir), scale=args.scale, seed=args.seed, force=args.force)
     c = bench.counts
     print(f"mini-KILT seed={bench.seed} scale={bench.scale} in {bench.out_dir} "
           f"({'reused' if bench.reused else 'generated'} in {time.perf_counter() - t0:.1f}s)")

@@ -67,11 +67,28 @@ class World:
     hash = staticmethod(stable_hash)
 
     def __init__(self, seed: int, scale: float):
+        """Draws the entity table, kind after kind (later kinds refer to earlier ones),
+        from one seeded random stream: the order of the stages below is the data."""
         self.seed = seed
-        rng = random.Random(stable_hash(seed, "world"))
+        self._rng = random.Random(stable_hash(seed, "world"))  # the table's draws only
+        self._allocate(scale)
+        rivers_of = self._add_countries_and_rivers()
+        self._add_cities(rivers_of)
+        by_occ, people = self._add_people()
+        labels = self._add_companies(by_occ, people)
+        self._add_bands(by_occ, labels)
+        self._add_works(by_occ, people, labels)
+        self.by_name: Dict[str, List[int]] = {}  # display name -> entities (namesakes)
+        for i in range(self.n):
+            self.by_name.setdefault(self.display(i), []).append(i)
+        self._add_back_references()
+
+    # ------------------------------------------------------------------ drawing the table
+    def _allocate(self, scale: float) -> None:
+        """Entity counts per kind, the empty tables, and the language names."""
         total = max(80, round(PAGES_PER_SCALE * scale))
-        sizes = {k: max(3, round(total * V.KIND_SHARE[k])) for k in V.KINDS}
-        self.n = sum(sizes.values())
+        self._sizes = {k: max(3, round(total * V.KIND_SHARE[k])) for k in V.KINDS}
+        self.n = sum(self._sizes.values())
         self.kind: List[str] = []
         self.titles: List[str] = []
         self.range: Dict[str, range] = {}
@@ -80,78 +97,97 @@ class World:
         self.kin = np.full(self.n, -1, dtype=np.int32)  # a relative (same surname)
         self.female = np.zeros(self.n, dtype=bool)
         self.demonym: Dict[int, str] = {}
-        taken: set = set()
-        word = lambda lo, hi: "".join(rng.choice(V.SYLLABLES) for _ in range(rng.randint(lo, hi)))
-        self.pools = {"LANGUAGES": tuple(sorted({word(1, 2).capitalize() + rng.choice(
-            V.LANGUAGE_ENDS) for _ in range(max(6, sizes["country"] // 2))}))}
+        self._taken: set = set()  # titles given so far
+        self.pools = {"LANGUAGES": tuple(sorted({self._word(1, 2).capitalize() + self._rng.choice(
+            V.LANGUAGE_ENDS) for _ in range(max(6, self._sizes["country"] // 2))}))}
         self._spans: Dict[int, Spans] = {}
 
-        def add(kind: str, base: str, disamb: Sequence[str], similar: int = -1) -> int:
-            title = base
-            for d in itertools.chain(disamb, (f"{kind} {k}" for k in itertools.count(2))):
-                if title not in taken:
-                    break
-                title = f"{base} ({d})"
-            taken.add(title)
-            self.kind.append(kind)
-            self.titles.append(title)
-            self.similar[len(self.titles) - 1] = similar
-            return len(self.titles) - 1
+    def _word(self, lo: int, hi: int) -> str:
+        """A made-up word of ``lo`` to ``hi`` syllables."""
+        return "".join(self._rng.choice(V.SYLLABLES) for _ in range(self._rng.randint(lo, hi)))
 
-        def pick(kind: str, skew: bool = False) -> int:
-            r = self.range[kind]
-            return r[int(len(r) * rng.random() ** 2)] if skew else rng.choice(r)
+    def _add(self, kind: str, base: str, disamb: Sequence[str], similar: int = -1) -> int:
+        """A new entity titled ``base``, or ``"base (d)"`` with the first free ``d`` of
+        ``disamb`` (then ``"<kind> 2"``, ...); returns its index."""
+        title = base
+        for d in itertools.chain(disamb, (f"{kind} {k}" for k in itertools.count(2))):
+            if title not in self._taken:
+                break
+            title = f"{base} ({d})"
+        self._taken.add(title)
+        self.kind.append(kind)
+        self.titles.append(title)
+        self.similar[len(self.titles) - 1] = similar
+        return len(self.titles) - 1
 
-        def begin(kind: str) -> None:
-            self.range[kind] = range(len(self.titles), len(self.titles) + sizes[kind])
+    def _pick(self, kind: str, skew: bool = False) -> int:
+        """A random entity of ``kind`` (``skew``: earlier ones more often)."""
+        r = self.range[kind]
+        return r[int(len(r) * self._rng.random() ** 2)] if skew else self._rng.choice(r)
 
-        def namesake(kind: str, city: int) -> Optional[int]:
-            """Maybe a namesake of an earlier ``kind`` entity from another country."""
-            if len(self.titles) - self.range[kind].start < 10 or rng.random() >= PLACE_NAMESAKE_P:
-                return None
-            j = rng.randrange(self.range[kind].start, len(self.titles))
-            c = self.get(city, "country")
-            if self.similar[j] >= 0 or self.country_of(j) == c or \
-                    f"{self.display(j)} ({self.titles[c]})" in taken:
-                return None
-            return add(kind, self.display(j), (self.titles[c],), j)
+    def _begin(self, kind: str) -> None:
+        self.range[kind] = range(len(self.titles), len(self.titles) + self._sizes[kind])
 
-        def unique_base(make: Callable[[], str]) -> str:
-            for _ in range(20):
-                base = make()
-                if base not in taken:
-                    return base
-            return base
+    def _namesake(self, kind: str, city: int) -> Optional[int]:
+        """Maybe a namesake of an earlier ``kind`` entity from another country."""
+        rng, taken = self._rng, self._taken
+        if len(self.titles) - self.range[kind].start < 10 or rng.random() >= PLACE_NAMESAKE_P:
+            return None
+        j = rng.randrange(self.range[kind].start, len(self.titles))
+        c = self.get(city, "country")
+        if self.similar[j] >= 0 or self.country_of(j) == c or \
+                f"{self.display(j)} ({self.titles[c]})" in taken:
+            return None
+        return self._add(kind, self.display(j), (self.titles[c],), j)
 
-        begin("country")
+    def _unique_base(self, make: Callable[[], str]) -> str:
+        """A name from ``make`` that is no title yet (the last one after 20 tries)."""
+        for _ in range(20):
+            base = make()
+            if base not in self._taken:
+                return base
+        return base
+
+    def _add_countries_and_rivers(self) -> Dict[int, List[int]]:
+        """Countries (demonym, language, continent), then rivers; returns country -> rivers."""
+        rng, word = self._rng, self._word
+        self._begin("country")
         for _ in self.range["country"]:
             stem = word(1, 2).capitalize()
-            i = add("country", unique_base(lambda: stem + rng.choice(V.COUNTRY_ENDS)), ())
+            i = self._add("country", self._unique_base(
+                lambda: stem + rng.choice(V.COUNTRY_ENDS)), ())
             self.demonym[i] = stem + rng.choice(V.DEMONYM_ENDS)
             self.set(i, "language", rng.randrange(len(self.pools["LANGUAGES"])))
             self.set(i, "continent", rng.randrange(len(V.CONTINENTS)))
-        begin("river")
+        self._begin("river")
         rivers_of: Dict[int, List[int]] = {}
         for _ in self.range["river"]:
-            i = add("river", unique_base(lambda: word(2, 2).capitalize() + " River"), ())
-            c = pick("country")
+            i = self._add("river", self._unique_base(
+                lambda: word(2, 2).capitalize() + " River"), ())
+            c = self._pick("country")
             rivers_of.setdefault(c, []).append(i)
             self.set(i, "country", c)
             self.set(i, "mouth", rng.randrange(len(V.SEAS)))
-        begin("city")
+        return rivers_of
+
+    def _add_cities(self, rivers_of: Dict[int, List[int]]) -> None:
+        """Cities (one per country first: its capital), some named after an earlier one."""
+        rng, taken = self._rng, self._taken
+        self._begin("city")
         plain: List[int] = []
         for k, _ in enumerate(self.range["city"]):
-            c = self.range["country"][k] if k < sizes["country"] else pick("country", True)
+            c = self.range["country"][k] if k < self._sizes["country"] else self._pick(
+                "country", True)
             u, j = rng.random(), rng.choice(plain) if plain else -1
             near = f"{rng.choice(V.CITY_PREFIXES)} {self.display(j)}" if plain else ""
             if k > 10 and u < 0.15 and near not in taken:  # "Port Tarvo" next to "Tarvo"
-                i = add("city", near, (), j)
+                i = self._add("city", near, (), j)
             elif k > 10 and u < 0.15 + PLACE_NAMESAKE_P and self.get(j, "country") != c \
                     and f"{self.display(j)} ({self.titles[c]})" not in taken:
-                i = add("city", self.display(j), (self.titles[c],), j)  # "Tarvo (Velonia)"
+                i = self._add("city", self.display(j), (self.titles[c],), j)  # "Tarvo (Velonia)"
             else:
-                i = add("city", unique_base(lambda: word(1, 2).capitalize() + rng.choice(
-                    V.CITY_ENDS)), ())
+                i = self._add("city", self._unique_base(lambda: self._word(1, 2).capitalize()
+                                                        + rng.choice(V.CITY_ENDS)), ())
                 plain.append(i)
             self.set(i, "country", c)
             self.set(i, "founded_year", rng.randint(900, 1900))
@@ -159,15 +195,21 @@ class World:
                 self.set(i, "river", rng.choice(rivers_of[c]))
         for i in self.range["country"]:  # the first city of each country is its capital
             self.set(i, "capital", self.range["city"][i - self.range["country"][0]])
-        begin("person")
-        firsts = [word(2, 2).capitalize() for _ in range(max(40, sizes["person"] // 10))]
+
+    def _add_people(self) -> Tuple[Dict[str, List[int]], List[int]]:
+        """People (namesakes with other occupations, relatives), then spouses; returns
+        (occupation -> people, all people in a shuffled order)."""
+        rng = self._rng
+        self._begin("person")
+        firsts = [self._word(2, 2).capitalize()
+                  for _ in range(max(40, self._sizes["person"] // 10))]
         occ_w = [3 if o in V.MUSICIAN_OCCUPATIONS else 6 if o in ("film director",
                  "entrepreneur") else 2 for o in V.OCCUPATIONS]
         by_occ: Dict[str, List[int]] = {}
         namesakes: Dict[str, List[int]] = {}
         for k, _ in enumerate(self.range["person"]):
             occ = rng.choices(range(len(V.OCCUPATIONS)), weights=occ_w)[0]
-            sim, kin, surname = -1, -1, (word(1, 2) + rng.choice(V.SURNAME_ENDS)).capitalize()
+            sim, kin, surname = -1, -1, (self._word(1, 2) + rng.choice(V.SURNAME_ENDS)).capitalize()
             base, u = None, rng.random()
             if k > 10 and u < NAMESAKE_P + KIN_P:
                 j = rng.randrange(self.range["person"].start, len(self.titles))
@@ -178,31 +220,37 @@ class World:
                     occ = rng.choice([o for o in range(len(V.OCCUPATIONS)) if o not in used])
                 else:  # a relative
                     kin, surname = j, self.display(j).split(" ", 1)[1]
-            base = base or unique_base(lambda: f"{rng.choice(firsts)} {surname}")
-            i = add("person", base, (V.OCCUPATIONS[occ],), sim)
+            base = base or self._unique_base(lambda: f"{rng.choice(firsts)} {surname}")
+            i = self._add("person", base, (V.OCCUPATIONS[occ],), sim)
             namesakes.setdefault(base, []).append(i)
             self.kin[i] = kin
             self.female[i] = rng.random() < 0.45
             by_occ.setdefault(V.OCCUPATIONS[occ], []).append(i)
             self.set(i, "occupation", occ)
-            self.set(i, "born_in", pick("city", True))
+            self.set(i, "born_in", self._pick("city", True))
             self.set(i, "birth_year", rng.randint(1850, 2000))
         people = list(self.range["person"])
         rng.shuffle(people)
         for a, b in zip(people[0:len(people) // 6 * 2:2], people[1:len(people) // 6 * 2:2]):
             self.set(a, "spouse", b)
             self.set(b, "spouse", a)
-        begin("company")
+        return by_occ, people
+
+    def _add_companies(self, by_occ: Dict[str, List[int]], people: List[int]) -> List[int]:
+        """Companies (some named after their founder, some record labels), then a quarter
+        of the people's employers; returns the record labels (every company if none)."""
+        rng = self._rng
+        self._begin("company")
         labels = []
         for _ in self.range["company"]:
             music = rng.random() < 0.15
             founder = rng.choice(by_occ.get("entrepreneur") or people) if rng.random() < 0.6 else -1
-            stems = iter(lambda: word(2, 3).capitalize(), None)
+            stems = iter(lambda: self._word(2, 3).capitalize(), None)
             if founder >= 0 and rng.random() < 0.5:  # "Tonvik Holdings", set up by Abrel Tonvik
                 stems = itertools.chain([self.display(founder).split(" ", 1)[1]] * 3, stems)
             ends = ("Records",) if music else V.COMPANY_ENDS
-            hq = pick("city", True)
-            i = namesake("company", hq) or add("company", unique_base(
+            hq = self._pick("city", True)
+            i = self._namesake("company", hq) or self._add("company", self._unique_base(
                 lambda: f"{next(stems)} {rng.choice(ends)}"), ())
             if music:
                 labels.append(i)
@@ -213,15 +261,21 @@ class World:
             self.set(i, "founded_by", founder)
         labels = labels or list(self.range["company"])
         for p in people[: len(people) // 4]:
-            self.set(p, "employer", pick("company"))
-        begin("band")
+            self.set(p, "employer", self._pick("company"))
+        return labels
+
+    def _add_bands(self, by_occ: Dict[str, List[int]], labels: List[int]) -> None:
+        """Bands, with musicians as members and record labels."""
+        rng, word = self._rng, self._word
+        self._begin("band")
         musicians = [p for o in V.MUSICIAN_OCCUPATIONS for p in by_occ.get(o, [])]
         rng.shuffle(musicians)
         for _ in self.range["band"]:
             adj, noun = rng.choice(V.WORD_ADJ), rng.choice(V.WORD_PLURAL)
-            origin = pick("city", True)
-            i = namesake("band", origin) or add("band", unique_base(lambda: rng.choice((
-                f"The {adj} {noun}", f"{adj} {noun}", word(2, 3).capitalize()))), ("band",))
+            origin = self._pick("city", True)
+            i = self._namesake("band", origin) or self._add("band", self._unique_base(
+                lambda: rng.choice((f"The {adj} {noun}", f"{adj} {noun}",
+                                    word(2, 3).capitalize()))), ("band",))
             self.set(i, "origin", origin)
             self.set(i, "genre", rng.randrange(len(V.MUSIC_GENRES)))
             self.set(i, "founded_year", rng.randint(1955, 2015))
@@ -230,12 +284,18 @@ class World:
             for _ in range(rng.randint(0, 4)):
                 if musicians:
                     self.set(musicians.pop(), "member_of", i)
+
+    def _add_works(self, by_occ: Dict[str, List[int]], people: List[int],
+                   labels: List[int]) -> None:
+        """Albums, then films: self-titled albums, names shared by up to 3 works (of a
+        kind, in different years)."""
+        rng = self._rng
         phrases: Dict[str, int] = {}  # work name -> times used (at most 3)
         works: set = set()  # (kind, name, year): namesake works of a kind differ in year
         for kind in ("album", "film"):
-            begin(kind)
+            self._begin(kind)
             for _ in self.range[kind]:
-                band, reuse = pick("band"), [p for p, c in phrases.items() if c < 3]
+                band, reuse = self._pick("band"), [p for p, c in phrases.items() if c < 3]
                 if kind == "album" and rng.random() < 0.15:  # self-titled
                     base = self.display(band)
                 elif reuse and rng.random() < WORK_NAMESAKE_P:  # shares another work's name
@@ -243,8 +303,8 @@ class World:
                 else:
                     noun = rng.choice(V.WORD_NOUN)
                     base = rng.choice((f"{rng.choice(V.WORD_ADJ)} {noun}",
-                                       f"The {noun} of {word(2, 2).capitalize()}",
-                                       word(2, 3).capitalize()))
+                                       f"The {noun} of {self._word(2, 2).capitalize()}",
+                                       self._word(2, 3).capitalize()))
                     phrases.setdefault(base, 0)
                 if base in phrases:
                     phrases[base] += 1
@@ -252,30 +312,34 @@ class World:
                 while (kind, base, year) in works:
                     year += 1
                 works.add((kind, base, year))
-                i = add(kind, base, (kind, f"{year} {kind}"))
+                i = self._add(kind, base, (kind, f"{year} {kind}"))
                 self.set(i, "release_year", year)
                 if kind == "album":
-                    self.set(i, "performer", band)
-                    self.set(i, "genre", self.attr[band, 1] if rng.random() < 0.8
-                             else rng.randrange(len(V.MUSIC_GENRES)))
-                    if rng.random() < 0.6:
-                        self.set(i, "record_label", rng.choice(labels))
+                    self._set_album_facts(i, band, labels)
                 else:
                     self.set(i, "director", rng.choice(by_occ.get("film director") or people))
                     self.set(i, "genre", rng.randrange(len(V.FILM_GENRES)))
-                    self.set(i, "country", pick("country", True))
-        self.by_name: Dict[str, List[int]] = {}  # display name -> entities (namesakes)
-        for i in range(self.n):
-            self.by_name.setdefault(self.display(i), []).append(i)
-        # Back-references: a page names up to 3 entities that point at it ("Notable people
-        # from X include ..."), a reservoir sample: distractors for retrieval, as in Wikipedia.
+                    self.set(i, "country", self._pick("country", True))
+
+    def _set_album_facts(self, i: int, band: int, labels: List[int]) -> None:
+        """Album ``i``'s performer ``band``, genre (mostly the band's) and maybe a label."""
+        rng = self._rng
+        self.set(i, "performer", band)
+        self.set(i, "genre", self.attr[band, 1] if rng.random() < 0.8
+                 else rng.randrange(len(V.MUSIC_GENRES)))
+        if rng.random() < 0.6:
+            self.set(i, "record_label", rng.choice(labels))
+
+    def _add_back_references(self) -> None:
+        """A page names up to 3 entities that point at it ("Notable people from X include
+        ..."), a reservoir sample: distractors for retrieval, as in Wikipedia."""
         self.back = np.full((self.n, 3), -1, dtype=np.int32)
         seen = np.zeros(self.n, dtype=np.int64)
         for i in range(self.n):
             for r in self.rels(i):
                 if f"{self.kind[i]}.{r}" in V.BACKREFS:
                     o = self.get(i, r)
-                    slot = seen[o] if seen[o] < 3 else rng.randrange(seen[o] + 1)
+                    slot = seen[o] if seen[o] < 3 else self._rng.randrange(seen[o] + 1)
                     seen[o] += 1
                     if slot < 3:
                         self.back[o, slot] = i

@@ -9,13 +9,15 @@ Users add tasks without editing the package, from Python::
 
     register_task(Task("msmarco", prefix="MSM", task_type="QA", max_query_len=32))
 
-or from gin (``register_task_from_gin`` is gin-configurable).
+or from gin (``register_task_from_gin`` is gin-configurable). ``benchmark_tasks(data_dir,
+split)`` lists the tasks whose files a benchmark directory holds (training, evaluation).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, Tuple
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import gin
 
@@ -147,3 +149,33 @@ for _t in KILT_TASKS:
     register_task(_t)
 
 KILT_TASK_NAMES: Tuple[str, ...] = tuple(t.name for t in KILT_TASKS)
+
+# Other names of a split's task files: KILT's are <task>-test_without_answers-kilt.jsonl.
+SPLIT_ALIASES: Dict[str, Tuple[str, ...]] = {"test": ("test_without_answers",)}
+
+
+def task_path(data_dir: str, task: Task, split: str) -> Optional[str]:
+    """``task``'s file for ``split`` in ``data_dir`` (also under a ``SPLIT_ALIASES`` name),
+    or None."""
+    for name in (split,) + SPLIT_ALIASES.get(split, ()):
+        path = os.path.join(data_dir, task.filename(name))
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def benchmark_tasks(data_dir: str, split: str, names: Optional[Sequence[str]] = None) -> List[Task]:
+    """The tasks to evaluate: ``names`` (each file must exist) or every registered task
+    whose ``split`` file is in ``data_dir``."""
+    if names:
+        tasks = [get_task(n) for n in names]
+        for t in tasks:
+            if task_path(data_dir, t, split) is None:
+                raise FileNotFoundError(f"task {t.name!r}: no {split} file "
+                                        f"{os.path.join(data_dir, t.filename(split))}")
+        return tasks
+    tasks = [t for t in registered_tasks() if task_path(data_dir, t, split) is not None]
+    if not tasks:
+        raise FileNotFoundError(f"no KILT task files for split {split!r} in {data_dir}; expected "
+                                f"names like {registered_tasks()[0].filename(split)}")
+    return tasks

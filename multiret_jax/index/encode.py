@@ -16,7 +16,7 @@ Job ``shard_id`` of ``num_shards`` encodes a contiguous block of whole shards of
 ``manifest_<shard_id>-of-<num_shards>.json`` (format and loaders: ``shards.py``, re-exported
 here), so jobs never write the same file and their union is the single-job output. Memory
 is O(batch + shard): a shard is tokenized, encoded (longest texts first, lengths padded to
-multiples of 16 as in ``validation.encode_texts``, batch rows split over the local devices
+multiples of 16 as in ``encoding.encode_texts``, batch rows split over the local devices
 on a 1-D mesh), written atomically and recorded in the manifest before the next starts.
 
 A rerun resumes: finished shards are verified (files, row counts, sha256, ids against the
@@ -40,14 +40,15 @@ from absl import app, flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from multiret_jax import cli
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.data.tokenization import Tokenization
+from multiret_jax.encoding import BUCKET, bucket_length, is_jitted, jitted_encoders
 from multiret_jax.gin_utils import define_gin_flags
 from multiret_jax.index.shards import (FORMAT, conflicts, iter_shards, job_shards,
                                        load_embeddings, load_shards, manifest_path,
                                        read_manifests, shard_problem, write_json, write_npy)
-from multiret_jax.models.tokenization import Tokenization
 from multiret_jax.run_dir import load_run, parse_run_config, run_table
-from multiret_jax.validation import BUCKET, _is_jitted, jitted_encoders
 
 __all__ = ["encode_corpus", "encode_run", "passage_encoder", "params_fingerprint",
            "tokenizer_fingerprint",
@@ -103,7 +104,7 @@ def _encode_rows(fn: Callable, tokenizer: Tokenization, texts: Sequence[str], ma
     for start in range(0, len(texts), batch_size):
         rows = order[start:start + batch_size]
         sel = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # pad: copies
-        length = min(max_len, max(BUCKET, -(-int(lengths[sel].max()) // BUCKET) * BUCKET))
+        length = bucket_length(lengths[sel].max(), max_len)
         emb = fn(jax.device_put(ids[sel, :length], sharding),
                  jax.device_put(mask[sel, :length], sharding))
         if pending is not None:
@@ -154,7 +155,7 @@ def encode_corpus(encode_fn: Callable[[Any, Any], Any], tokenizer: Tokenization,
         batch_size += len(devices) - batch_size % len(devices)
         log.info("batch_size rounded up to %d (a multiple of %d devices)", batch_size, len(devices))
     sharding = NamedSharding(Mesh(np.asarray(devices), ("data",)), P("data", None))
-    fn = encode_fn if not jit or _is_jitted(encode_fn) else jax.jit(encode_fn)
+    fn = encode_fn if not jit or is_jitted(encode_fn) else jax.jit(encode_fn)
     settings = {"format": FORMAT, "table_checksum": table.checksum, "num_passages": len(table),
                 "model_fingerprint": fingerprint,
                 "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
@@ -253,7 +254,8 @@ def encode_run(model_dir: str, out_dir: str, data_dir: Optional[str] = None,
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli.setup_logging()
+    cli.absolute_flags(FLAGS, "model_dir", "out_dir", "data_dir", "params", "tokenizer_dir")
     parse_run_config(FLAGS.model_dir, FLAGS.gin_file, FLAGS.gin_param)
     res = encode_run(FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, FLAGS.params,
                      FLAGS.tokenizer_dir, FLAGS.passage_len, FLAGS.chunk_mode,

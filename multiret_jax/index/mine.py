@@ -4,10 +4,10 @@ After the BM25 warm-up, every TACO episode re-encodes the corpus with the curren
 and mines hard negatives: top-ranked passages that are not gold (and, by default, not from
 a gold page). ``exact_search`` is an exact inner-product top-k in numpy that streams over
 passage blocks, so memory is O(Q * block_size + Q * k) rather than O(Q * P);
-``mine_negatives`` searches to ``depth`` and hands the ranking to ``filter_negatives``,
-which ``BM25Retriever.hard_negatives`` shares. It searches passage embeddings exactly or
-any index with ``search(queries, k)`` (a FAISS ``DenseIndex``: HNSW / IVF for corpora too
-large for exact search)::
+``mine_negatives`` searches to ``depth`` and hands the ranking to ``filter_negatives``
+(``data/negatives.py``), which ``BM25Retriever.hard_negatives`` shares. It searches passage
+embeddings exactly or any index with ``search(queries, k)`` (a FAISS ``DenseIndex``: HNSW /
+IVF for corpora too large for exact search)::
 
     negs = mine_negatives(q, passage_emb, positives, table.page_ids, num=2, depth=100)
     index = faiss_index.build_index(lambda: iter_shards(emb_dir, table), "HNSW32")
@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from multiret_jax.data.negatives import filter_negatives
 
 # Passage embeddings [P, D], an object with ``search(queries, k) -> (rows, scores)`` (a
 # ``faiss_index.DenseIndex``), or such a search function.
@@ -84,53 +86,6 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
         best_rows = np.take_along_axis(rows, order, axis=1)
         best_scores = np.take_along_axis(vals, order, axis=1)
     return best_rows, best_scores.astype(np.float32, copy=False)
-
-
-def filter_negatives(ranked_rows: np.ndarray, positives: Sequence[np.ndarray],
-                     page_ids: Sequence[str], num: int, exclude_gold_pages: bool = True,
-                     gold_pages: Optional[Sequence[Sequence[str]]] = None,
-                     sample: bool = False,
-                     rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """Hard negatives from a ranking: non-gold passages, best first or sampled.
-
-    Args:
-      ranked_rows: [n, depth] passage rows, best first (negative entries are padding).
-      positives: per query, the gold passage rows.
-      page_ids: page id of every passage row.
-      num: negatives per query.
-      exclude_gold_pages: also skip passages of the gold pages.
-      gold_pages: per query page ids; derived from ``positives`` when None.
-      sample: draw ``num`` uniformly (without replacement) from the allowed passages of the
-        ranking (ANCE) instead of taking the best ``num``; kept in rank order.
-      rng: generator for ``sample`` (default: ``np.random.default_rng(0)``).
-    Returns:
-      int64 [n, num], -1 where fewer than ``num`` allowed passages exist in the ranking.
-    """
-    ranked_rows = np.asarray(ranked_rows)
-    if len(positives) != len(ranked_rows):
-        raise ValueError(f"{len(positives)} positive lists for {len(ranked_rows)} queries")
-    if gold_pages is not None and len(gold_pages) != len(ranked_rows):
-        raise ValueError(f"{len(gold_pages)} gold page lists for {len(ranked_rows)} queries")
-    if sample and rng is None:
-        rng = np.random.default_rng(0)
-    out = np.full((len(ranked_rows), num), -1, np.int64)
-    for i, (ranked, pos) in enumerate(zip(ranked_rows, positives)):
-        bad = set(int(p) for p in np.asarray(pos).reshape(-1))
-        if exclude_gold_pages:
-            pages = set(gold_pages[i]) if gold_pages is not None else {page_ids[p] for p in bad}
-        allowed = []
-        for r in ranked:
-            r = int(r)
-            if r < 0 or r in bad or (exclude_gold_pages and page_ids[r] in pages):
-                continue
-            allowed.append(r)
-            if not sample and len(allowed) == num:
-                break
-        if sample and len(allowed) > num:
-            pick = np.sort(rng.choice(len(allowed), size=num, replace=False))
-            allowed = [allowed[j] for j in pick]
-        out[i, :len(allowed)] = allowed[:num]
-    return out
 
 
 def search_rows(query_emb: np.ndarray, passages: Searcher, depth: int,

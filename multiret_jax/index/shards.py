@@ -22,13 +22,13 @@ embedding files and passage TSVs could be).
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from multiret_jax.checksums import file_sha256
 from multiret_jax.data.passages import PassageTable
 
 FORMAT = "multiret_jax.index.encode/1"
@@ -36,15 +36,6 @@ FORMAT = "multiret_jax.index.encode/1"
 SETTINGS = ("format", "table_checksum", "num_passages", "model_fingerprint", "tokenizer_sha256",
             "passage_len", "dtype", "shard_size", "num_shards")
 MANIFEST_GLOB = "manifest_*-of-*.json"
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a file, read in 16 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def job_shards(num_passages: int, shard_size: int, shard_id: int = 0,

@@ -1,1 +1,1 @@
-"""Encoders: Flax BERT and T5 (ST5-EncDec), the bi-encoder, checkpoint IO, tokenization."""
+"""Encoders: Flax BERT and T5 (ST5-EncDec), the bi-encoder, checkpoint IO."""

@@ -6,8 +6,8 @@ the EMA S (as TACO's weights), and its entropy ``H = -sum_k p_k log p_k`` (nats,
 every task's EMA is below 1e-8 (its distribution is then ~uniform, H ~ log K, so it is
 never task-specific). Fractions are over all parameter elements of the model.
 
-Per-task sensitivity densities (Figure 2): ``sensitivity_histogram``. Plots and the
-command line: ``multiret_jax/plots.py``.
+Per-task sensitivity densities (Figure 2): ``sensitivity_histogram``. This module only
+computes; the figures (PNG) and the command line are ``multiret_jax/experiments/plots.py``.
 
 Everything takes a ``TacoState`` or its ``ema`` tree (leaves ``[K, ...]``). With a state
 trained with ``normalize_after_ema=True`` the EMA holds raw sensitivities: pass
@@ -16,7 +16,7 @@ trained with ``normalize_after_ema=True`` the EMA holds raw sensitivities: pass
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
@@ -162,24 +162,3 @@ def sensitivity_histogram(state_or_ema: Any, bins: int = 60, normalize: bool = F
             zeros[t] += int(np.sum(v <= 0))
             counts[t] += np.histogram(v[v > 0], bins=edges)[0]
     return counts, zeros, edges
-
-
-def write_entropy_histogram(state_or_ema: Any, path: str, tau: float, bins: int = 50,
-                            normalize: bool = False, title: Optional[str] = None) -> str:
-    """Writes a PNG histogram of the per-parameter task entropies (matplotlib Agg).
-
-    Args:
-      state_or_ema: a ``TacoState`` or its EMA tree.
-      path: output PNG path.
-      tau: softmax temperature of the task distribution.
-      bins: histogram bins on ``[0, log K]``.
-      normalize: normalise each task's EMA by its median first.
-      title: plot title (default: the Figure-1 fractions).
-    Returns:
-      ``path``.
-    """
-    from multiret_jax.plots import plot_entropy_histogram
-
-    counts, edges = entropy_histogram(state_or_ema, tau, bins, normalize)
-    stats = specialization_stats(state_or_ema, tau, normalize)
-    return plot_entropy_histogram(counts, edges, path, tau, stats, title)

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Callable, Dict, Optional, Sequence
 
-from multiret_jax.zero_few_shot_plan import PlanError, Stage
+from multiret_jax.experiments.zero_few_shot.plan import PlanError, Stage
 
 RECORD = "zero_few_shot.json"  # per run dir: the command that made it
 LOG = "zero_few_shot.log"  # per run dir: the stage's output

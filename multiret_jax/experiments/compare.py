@@ -1,6 +1,6 @@
 r"""Several runs side by side, per task, and their signed differences to a reference run.
 
-    python -m multiret_jax.compare --runs bm25=runs/bm25_kilt mtdpr=runs/mtdpr \
+    python -m multiret_jax.experiments.compare --runs bm25=runs/bm25_kilt mtdpr=runs/mtdpr \
         taco=runs/taco --reference=mtdpr --metrics=page_rprec,passage_rprec \
         --out=runs/compare/table1
 
@@ -43,7 +43,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from absl import app, flags
 
-from multiret_jax import tables
+from multiret_jax import cli, tables
 
 METRIC_HELP = ("page_rprec, passage_rprec, page_recall@K, passage_recall@K, page_success@K, "
                "passage_success@K, page_precision@K, passage_precision@K (K >= 2 for recall "
@@ -271,6 +271,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    cli.setup_logging()
+    cli.absolute_flags(FLAGS, "out")
     # "--runs a=x b=y": absl takes "a=x" as the flag's value and leaves "b=y" positional.
     runs = parse_runs(FLAGS.runs + list(FLAGS.run) + list(argv[1:]))
     if not runs:

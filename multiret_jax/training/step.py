@@ -38,9 +38,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from multiret_jax import losses
-from multiret_jax.gradcache import cached_value_and_grad
 from multiret_jax.models.biencoder import BiEncoder
+from multiret_jax.training import losses
+from multiret_jax.training.gradcache import cached_value_and_grad
 
 # Measured on 2 CPU cores with all-MiniLM-L6-v2 (benchmarks/train_step.py,
 # benchmarks/per_task_path.py): with equal task shapes (K=4 x B=8, Lq 32, Lp 128) an

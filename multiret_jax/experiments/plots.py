@@ -1,7 +1,8 @@
 r"""TACO analysis plots from a run's checkpoint: task entropy (Figure 1), sensitivities (Figure 2).
 
-    python -m multiret_jax.plots --model_dir=runs/taco_tiny --out_dir=runs/taco_tiny/analysis
-    python -m multiret_jax.plots --model_dir=runs/taco --gin_file=taco.gin --step=best
+    python -m multiret_jax.experiments.plots --model_dir=runs/taco_tiny \
+        --out_dir=runs/taco_tiny/analysis
+    python -m multiret_jax.experiments.plots --model_dir=runs/taco --gin_file=taco.gin --step=best
 
 Restores the multitask state (TACO's per-task EMA of normalised sensitivities, K x
 params) of checkpoint ``--step`` ("latest", the default and, for a finished run, its
@@ -36,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import jax
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
+from multiret_jax import cli
 
 from multiret_jax.multitask import analysis
 from multiret_jax.multitask.taco import TacoState
@@ -76,7 +77,7 @@ def load_taco_state(model_dir: str, step: Union[str, int] = "latest") -> Tuple[T
       FileNotFoundError: no checkpoint there.
       ValueError: the checkpoint has no TACO state (another multitask method).
     """
-    from multiret_jax.checkpointing import Checkpointer
+    from multiret_jax.training.checkpointing import Checkpointer
 
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
@@ -171,6 +172,26 @@ def plot_entropy_histogram(counts: np.ndarray, edges: np.ndarray, path: str, tau
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
+
+
+def write_entropy_histogram(state_or_ema: Any, path: str, tau: float, bins: int = 50,
+                            normalize: bool = False, title: Optional[str] = None) -> str:
+    """Figure 1 of a sensitivity EMA (``plot_entropy_histogram`` of
+    ``analysis.entropy_histogram``, titled with ``analysis.specialization_stats``).
+
+    Args:
+      state_or_ema: a ``TacoState`` or its EMA tree.
+      path: output PNG path.
+      tau: softmax temperature of the task distribution.
+      bins: histogram bins on ``[0, log K]``.
+      normalize: normalise each task's EMA by its median first.
+      title: plot title (default: the Figure-1 fractions).
+    Returns:
+      ``path``.
+    """
+    counts, edges = analysis.entropy_histogram(state_or_ema, tau, bins, normalize)
+    stats = analysis.specialization_stats(state_or_ema, tau, normalize)
+    return plot_entropy_histogram(counts, edges, path, tau, stats, title)
 
 
 def plot_sensitivity_density(counts: np.ndarray, zeros: np.ndarray, edges: np.ndarray,
@@ -280,8 +301,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    if not FLAGS["verbosity"].present:  # orbax logs every restore detail at INFO
-        absl_logging.set_verbosity(absl_logging.WARNING)
+    cli.setup_logging()  # orbax logs every restore detail at INFO: WARNING unless --verbosity
+    cli.absolute_flags(FLAGS, "model_dir", "out_dir")
     state, step = load_taco_state(FLAGS.model_dir, FLAGS.step)
     opts = taco_options_from_gin(FLAGS.gin_file, FLAGS.gin_param)
     tau = FLAGS.tau if FLAGS.tau is not None else float(opts.get("tau", DEFAULT_TAU))

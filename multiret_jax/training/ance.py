@@ -22,11 +22,11 @@ import numpy as np
 
 from multiret_jax.data.batching import TaskData
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.data.tokenization import Tokenization
+from multiret_jax.encoding import encode_passages_of, encode_queries_of
 from multiret_jax.index.faiss_index import build_index
 from multiret_jax.index.mine import mine_negatives
 from multiret_jax.models.biencoder import BiEncoder
-from multiret_jax.models.tokenization import Tokenization
-from multiret_jax.validation import encode_passages_of, encode_queries_of
 
 log = logging.getLogger(__name__)
 

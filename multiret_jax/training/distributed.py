@@ -3,7 +3,7 @@
 Every process (one per TPU VM / GPU node, or several CPU processes on one machine in the
 tests) runs the same program on the same global data: the mesh spans all processes'
 devices, each process feeds its addressable shards of the global batch
-(``train_step.put_batch``), all processes call every jitted step and every orbax save;
+(``training.step.put_batch``), all processes call every jitted step and every orbax save;
 only process 0 writes the other files (mini-KILT, vocabulary, ANCE negatives, TensorBoard
 events, ``final_params.safetensors``, ``summary.json``).
 
@@ -56,11 +56,11 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
 
 
 def compile_together(fn: Callable, *args: Any) -> None:
-    """With several processes: compiles the jitted ``fn`` for ``args`` ahead of its first
-    call, then waits for the others, so its collectives start together."""
-    if jax.process_count() > 1:
-        fn.lower(*args).compile()  # reused by the call (jit's cache)
-        barrier("compiled")
+    """Compiles the jitted ``fn`` for ``args`` ahead of its first call (reused by that call:
+    jit's cache); with several processes then waits for the others, so its collectives
+    start together."""
+    fn.lower(*args).compile()
+    barrier("compiled")
 
 
 def _local(x):

@@ -1,6 +1,7 @@
-"""The zero-/few-shot driver's plan: its stages and the checks made before any of them runs.
+"""The zero-/few-shot driver's plan: its options (``Options``, the command-line flags), its
+stages and the checks made before any of them runs.
 
-    stages = plan(opts)  # opts: zero_few_shot.Options; raises PlanError, runs nothing
+    stages = plan(Options(out_dir=..., data_dir=...))  # raises PlanError, runs nothing
 
 Per held-out task, a leave-one-out stage (``opts.base_gin`` with ``HELD_OUT=<task>``) and a
 few-shot stage per ``opts.few_shot_gins`` fine-tuning from it; BM25 first unless off or
@@ -16,7 +17,7 @@ gin cleared before and after) to check that the configs measure what the table s
   or refused (``"fail"``).
 
 Stages run as ``python -m multiret_jax.train`` / ``multiret_jax.evaluate``
-(``Stage.command``; see ``zero_few_shot_stages``).
+(``Stage.command``; see ``stages.py``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ import dataclasses
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from multiret_jax.data.tasks import get_task, registered_tasks
-
-if TYPE_CHECKING:
-    from multiret_jax.zero_few_shot import Options
 
 ZERO_SHOT = "zero-shot (leave-one-out)"  # table rows / progress labels
 MULTITASK = "multi-task"
@@ -43,6 +41,34 @@ TRAIN_KEYS = ("data_dir", "tasks", "exclude_tasks", "val_tasks", "max_examples",
 
 class PlanError(ValueError):
     """The configuration cannot produce a valid zero-/few-shot table (nothing was run)."""
+
+
+@dataclasses.dataclass
+class Options:
+    """The driver's settings (the command-line flags: ``few_shot_gins`` is
+    ``--few_shot_gin``, ``*gin_params`` are ``--*gin_param``)."""
+    out_dir: str
+    data_dir: Optional[str] = None
+    held_out: Optional[Sequence[str]] = None
+    base_gin: str = "leave_one_out.gin"
+    few_shot_gins: Sequence[str] = ("few_shot_128.gin", "few_shot_1024.gin")
+    gin_params: Sequence[str] = ()  # every training stage
+    base_gin_params: Sequence[str] = ()  # leave-one-out stages only
+    few_shot_gin_params: Sequence[str] = ()  # few-shot stages only
+    bm25: bool = True
+    bm25_dir: Optional[str] = None  # an existing evaluate.py output (else computed)
+    bm25_gin_params: Sequence[str] = ()
+    multitask_dir: Optional[str] = None
+    metrics: Sequence[str] = ("page_rprec", "passage_rprec")
+    reference: Optional[str] = None
+    too_few: str = "cap"  # or "fail"
+    check_init: bool = True
+    reuse_changed: bool = False
+    minikilt_scale: float = 1.0
+    quiet: bool = False
+    jax_cache_dir: Optional[str] = None  # JAX persistent compilation cache for the stages
+    dry_run: bool = False
+
 
 
 @dataclasses.dataclass

@@ -1,0 +1,79 @@
+"""What every command-line entry point does first: readable logging and absolute paths.
+
+- ``setup_logging()``: our loggers (``multiret_jax.*``) at INFO, third-party ones (orbax and
+  everything else that logs through absl, jax, bm25s, ...) at WARNING; absl's
+  ``--verbosity`` raises them (1: third-party INFO, 2: ours DEBUG too). One short format.
+- ``absolute_flags(...)`` / ``absolute_gin_paths()``: paths a user gives (flags, gin
+  bindings and the macros behind them) are made absolute at the boundary, relative to the
+  working directory, so a command that works from one directory works from any, and
+  libraries that insist on absolute paths (orbax) get them. The resolved values are bound
+  back into gin, so a run's saved ``config.gin`` names concrete directories.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable, Optional
+
+import gin
+
+# Gin parameters that hold a path (configurables that are not registered are skipped).
+PATH_PARAMETERS = (
+    "train.model_dir", "train.data_dir", "train.tokenizer_dir", "train.init_from",
+    "build_biencoder.checkpoint_dir", "run_evaluation.data_dir", "run_evaluation.out_dir",
+)
+
+_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
+
+
+def absolute_path(path: Optional[str]) -> Optional[str]:
+    """``path`` made absolute against the working directory (``~`` expanded); None and
+    URLs (``gs://...``) are returned as they are."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_flags(flag_values, *names: str) -> None:
+    """Rewrites the named string flags of ``flag_values`` (absl FLAGS) as absolute paths."""
+    for name in names:
+        value = getattr(flag_values, name)
+        if isinstance(value, str) and value:
+            setattr(flag_values, name, absolute_path(value))
+
+
+def absolute_gin_paths(parameters: Iterable[str] = PATH_PARAMETERS) -> None:
+    """Binds every path-valued gin parameter (macros and ``@fn()`` references resolved) to
+    its absolute path; parameters of configurables that are not registered are skipped."""
+    for name in parameters:
+        configurable, param = name.rsplit(".", 1)
+        try:
+            bound = gin.get_bindings(configurable)
+        except ValueError:  # not registered by this entry point
+            continue
+        value = bound.get(param)
+        if isinstance(value, str) and value:
+            with gin.unlock_config():
+                gin.bind_parameter(name, absolute_path(value))
+
+
+def setup_logging(verbosity: Optional[int] = None) -> None:
+    """Ours at INFO, third-party loggers at WARNING; ``verbosity`` (default: absl's
+    ``--verbosity`` flag when parsed, else 0) >= 1 lets third-party INFO through and >= 2
+    shows our DEBUG messages."""
+    if verbosity is None:
+        from absl import flags
+        verbosity = flags.FLAGS.verbosity if flags.FLAGS.is_parsed() else 0
+    third_party = logging.INFO if verbosity >= 1 else logging.WARNING
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+    root.setLevel(third_party)
+    for name in ("absl", "jax", "orbax", "bm25s", "tensorboardX", "matplotlib"):
+        logging.getLogger(name).setLevel(third_party)
+    ours = logging.DEBUG if verbosity >= 2 else logging.INFO
+    for name in ("multiret_jax", "__main__"):  # "__main__": a module run with python -m
+        logging.getLogger(name).setLevel(ours)
