@@ -68,7 +68,8 @@ def encode_texts(encode_fn: Callable[[Any, Any], Any], tokenizer: Tokenization,
     lengths = mask.sum(axis=1)
     order = np.argsort(-lengths, kind="stable")  # longest first: the slowest shapes up front
     out: Optional[np.ndarray] = None
-    with tqdm(total=n, desc=desc, unit=" texts", disable=not progress, mininterval=2) as bar:
+    with tqdm(total=n, desc=desc, unit=" texts", disable=not progress, mininterval=2,
+              leave=False) as bar:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             if len(rows) < batch_size:

@@ -155,7 +155,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     if main_process:  # the run's full configuration, for the tools that load it later
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
-    data_dir, table, data, bm25, dev = prepare_data(s)
+    table, data, bm25, dev = prepare_data(s)
     model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
     mt, tx, schedule = make_optimizer(s, len(data), plan.total_steps)
     run = Run(s, plan, data, table, model, tokenizer, lens, main_process)
@@ -214,8 +214,8 @@ def finished_run(model_dir: str, total_steps: int) -> Optional[dict]:
 
 # ----------------------------------------------------------------------------------- 2. data
 def prepare_data(s: Settings):
-    """The benchmark directory, its passage table, the training tasks' examples with BM25
-    hard negatives, the BM25 index and the dev records validated."""
+    """The benchmark's passage table, the training tasks' examples with BM25 hard
+    negatives, the BM25 index and the dev records validated."""
     data_dir = s.data_dir
     if data_dir is None:
         data_dir = os.path.join(s.model_dir, "minikilt")
@@ -240,7 +240,7 @@ def prepare_data(s: Settings):
     val_names = s.val_tasks or [t.name for t in benchmark_tasks(data_dir, "dev", None)]
     dev = {t.name: kilt.read_task_file(os.path.join(data_dir, t.filename("dev")))
            for t in benchmark_tasks(data_dir, "dev", val_names)}
-    return data_dir, table, data, bm25, dev
+    return table, data, bm25, dev
 
 
 def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm25: BM25Retriever,
