@@ -58,6 +58,22 @@ def absolute_gin_paths(parameters: Iterable[str] = PATH_PARAMETERS) -> None:
                 gin.bind_parameter(name, absolute_path(value))
 
 
+class _LevelFilter(logging.Filter):
+    """Passes our records from ``ours`` up and everybody else's from ``third_party`` up,
+    whatever levels the libraries set on their own loggers (bm25s sets DEBUG on import)."""
+
+    def __init__(self, ours: int, third_party: int):
+        super().__init__()
+        self.ours, self.third_party = ours, third_party
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        mine = record.name.split(".")[0] in OUR_LOGGERS
+        return record.levelno >= (self.ours if mine else self.third_party)
+
+
+OUR_LOGGERS = ("multiret_jax", "__main__")  # "__main__": a module run with python -m
+
+
 def setup_logging(verbosity: Optional[int] = None) -> None:
     """Ours at INFO, third-party loggers at WARNING; ``verbosity`` (default: absl's
     ``--verbosity`` flag when parsed, else 0) >= 1 lets third-party INFO through and >= 2
@@ -66,14 +82,17 @@ def setup_logging(verbosity: Optional[int] = None) -> None:
         from absl import flags
         verbosity = flags.FLAGS.verbosity if flags.FLAGS.is_parsed() else 0
     third_party = logging.INFO if verbosity >= 1 else logging.WARNING
+    ours = logging.DEBUG if verbosity >= 2 else logging.INFO
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
     for handler in root.handlers:
         handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
-    root.setLevel(third_party)
+        for old in [f for f in handler.filters if isinstance(f, _LevelFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(_LevelFilter(ours, third_party))
+    root.setLevel(min(ours, third_party))
     for name in ("absl", "jax", "orbax", "bm25s", "tensorboardX", "matplotlib"):
         logging.getLogger(name).setLevel(third_party)
-    ours = logging.DEBUG if verbosity >= 2 else logging.INFO
-    for name in ("multiret_jax", "__main__"):  # "__main__": a module run with python -m
+    for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(ours)
