@@ -122,6 +122,7 @@ def test_relative_paths_and_rerun_of_a_finished_run(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["completed_steps"] == summary["steps"] == 8
     assert summary["validation"] is not None
+    assert list((run / "tb").glob("events.out.tfevents.*"))
     lines = out.stdout.rstrip().splitlines()
     assert lines[-1] == (f"The run's files (checkpoints, final_params.safetensors, "
                          f"summary.json, table.*, config.gin, TensorBoard events in tb/) "

@@ -11,6 +11,7 @@ from multiret_jax.train import train
 pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
+@pytest.mark.slow  # ~110 s; the default suite's test_train_kill checks resume byte for byte
 def test_resume_continues_the_same_run(tmp_path):
     parse_gin(["models/bert_tiny.gin"], [])
     kw = dict(data_dir=None, global_batch=16, eval_every=4, passage_len=64, query_len=32,
