@@ -65,7 +65,7 @@ def main() -> None:
     from multiret_jax.data.tokenization import Tokenization
     from multiret_jax.models.encoders import build_biencoder
     from multiret_jax.data.bm25 import BM25Retriever
-    from multiret_jax.train import load_task_data
+    from multiret_jax.training.inputs import load_task_data
     from multiret_jax.training.step import init_train_state, make_train_step, task_shapes_of
 
     data_dir = os.path.join(tempfile.mkdtemp(prefix="per_task_path_"), "minikilt")

@@ -20,7 +20,8 @@ from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.encoding import encode_passages_of, encode_texts, jitted_encoders
 from multiret_jax.gin_utils import parse_gin
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.train import load_task_data, train
+from multiret_jax.train import train
+from multiret_jax.training.inputs import load_task_data
 from multiret_jax.training import ance
 
 TASKS = ("trex", "nq", "fever")

@@ -23,7 +23,7 @@ from multiret_jax.data.tasks import benchmark_tasks
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.models import bert, pooling
 from multiret_jax.models.encoders import build_biencoder
-from multiret_jax.train import load_task_data
+from multiret_jax.training.inputs import load_task_data
 from multiret_jax.training.step import init_train_state, make_train_step, task_shapes_of
 
 TASKS = ("fever", "trex", "nq")  # K = 3

@@ -18,7 +18,7 @@ in the data directory):
 3. **few-shot**: each ``--few_shot_gin`` (``TASKS=[HELD_OUT]``, ``MAX_EXAMPLES=N``)
    fine-tunes the leave-one-out model (``train.init_from=<its model_dir>``, and its
    vocabulary when it built one) on a seeded sample of N of T's training examples
-   (``train.load_task_data``: ``random.Random(f"{seed}/{task}").sample``, the same for
+   (``training.inputs.load_task_data``: ``random.Random(f"{seed}/{task}").sample``, the same for
    every run with that seed) into ``<out_dir>/<T>/<gin name>``. The 128-sample is a subset
    of the 1,024-sample for every KILT training set (> 4,117 examples) but not for all sizes
    (between ~1,050 and ~4,100 ``random.sample`` switches algorithm with the sample size). With
