@@ -1,4 +1,9 @@
-"""What every command-line entry point does first: readable logging and absolute paths.
+"""What every command-line entry point does first: readable logging, absolute paths, and
+one-line errors.
+
+- ``run(main, tool)``: ``app.run`` with errors a user can fix (bad flags, bad input files,
+  missing paths, refused overwrites) printed as one line ``<tool>: error: ...`` and exit
+  status 2; the traceback is printed too with ``--verbosity=1``.
 
 - ``setup_logging()``: our loggers (``multiret_jax.*``) at INFO, third-party ones (orbax and
   everything else that logs through absl, jax, bm25s, ...) at WARNING; absl's
@@ -14,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Optional
+import sys
+import traceback
+from typing import Callable, Iterable, Optional, Sequence
 
 import gin
 
@@ -96,3 +103,76 @@ def setup_logging(verbosity: Optional[int] = None) -> None:
         logging.getLogger(name).setLevel(third_party)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(ours)
+
+
+# Errors that a user's input causes: the message says what to fix, a traceback adds nothing.
+USER_ERRORS = (ValueError, KeyError, OSError, EOFError)
+
+
+class UsageError(ValueError):
+    """A flag value or combination that cannot work (raised before any work starts)."""
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of ``exc`` on one line: a KeyError's quotes and the lines gin adds
+    ("In call to configurable ...") dropped."""
+    text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+    lines = [ln for ln in str(text).splitlines()
+             if not ln.strip().startswith("In call to configurable")]
+    return " ".join(" ".join(lines).split()) or type(exc).__name__
+
+
+def fail(tool: str, exc: BaseException) -> None:
+    """Prints ``<tool>: error: <message>`` (after the traceback with ``--verbosity>=1``)
+    and exits with status 2."""
+    from absl import flags
+    verbosity = flags.FLAGS.verbosity if flags.FLAGS.is_parsed() else 0
+    if verbosity >= 1:
+        traceback.print_exception(exc)
+    hint = ("" if verbosity >= 1 or isinstance(exc, UsageError)
+            else " (--verbosity=1 shows the traceback)")
+    sys.stderr.write(f"{tool}: error: {error_message(exc)}{hint}\n")
+    sys.stderr.flush()
+    sys.exit(2)
+
+
+def run(main: Callable[[Sequence[str]], None], tool: str) -> None:
+    """``absl.app.run(main)`` for the command ``tool``: a flag that fails to parse or
+    validate, ``app.UsageError`` and the ``USER_ERRORS`` raised by ``main`` print one line
+    ``<tool>: error: ...`` and exit 2 (``fail``); other exceptions (bugs) keep their
+    traceback."""
+    from absl import app, flags
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            fail(tool, UsageError(str(e)))
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except app.UsageError as e:
+            fail(tool, UsageError(str(e)))
+        except USER_ERRORS as e:
+            fail(tool, e)
+
+    app.run(guarded, flags_parser=parse)
+
+
+
+def int_list(flag: str, values: Sequence[str], minimum: int = 1) -> list:
+    """The integers of a list flag (``--ks=1,5,20``); ``UsageError`` naming the flag for a
+    value that is not an integer >= ``minimum``."""
+    out = []
+    for v in values:
+        try:
+            n = int(v)
+        except ValueError:
+            n = None
+        if n is None or n < minimum:
+            raise UsageError(f"--{flag}: {v!r} is not an integer >= {minimum}")
+        out.append(n)
+    if not out:
+        raise UsageError(f"--{flag}: give at least one value")
+    return out

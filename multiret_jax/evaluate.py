@@ -36,13 +36,14 @@ import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
-from multiret_jax import cli, metrics, tables, trec
+from multiret_jax import cli, metrics, outputs, tables, trec
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import passage_gold_ids
 from multiret_jax.data.tasks import Task, benchmark_tasks, task_path
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
+from multiret_jax.outputs import check_queries
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,14 @@ def evaluate_task(task: Task, records: List[kilt.KiltRecord], gold_path: str, re
 
 def evaluate_tasks(retriever: Any, table: PassageTable, data_dir: str, out_dir: str,
                    task_list: Sequence[Task], split: str, depth: int, ks: Sequence[int],
-                   results: Dict[str, Any]) -> dict:
+                   results: Dict[str, Any], on_empty_query: str = "warn") -> dict:
     """Every task of ``task_list``: guess files, TREC files, scores; then ``results.json``
     and ``table.{md,csv,json}`` in ``out_dir``.
+
+    Every task file is read and validated before anything is written, and the outputs
+    are staged (``outputs.staged``): they replace an earlier run's ``guesses/``,
+    ``trec/``, ``results.json`` and ``table.*`` in ``out_dir`` only when every task
+    succeeded, so a failure leaves the previous complete output as it was.
 
     Args:
       retriever: ``search(queries, k)`` or ``search_task(task, queries, k)``.
@@ -158,24 +164,55 @@ def evaluate_tasks(retriever: Any, table: PassageTable, data_dir: str, out_dir: 
       depth, ks: passages per query; metric cut-offs.
       results: the header of ``results.json``: at least "retriever" (its name; the
         TREC run name unless there is a "run_name").
+      on_empty_query: "warn" (count and ids logged) or "fail" for empty / blank queries.
     Returns:
       ``results`` with "data_dir", "split", "num_passages", "passage_checksum" and "tasks".
     """
+    check_run_args(depth, ks)
+    records = {}
+    for task in task_list:  # read and validate every input first
+        gold_path = task_path(data_dir, task, split)
+        records[task.name] = (gold_path, read_records(gold_path))
+        check_queries([r.id for r in records[task.name][1]],
+                      [r.input for r in records[task.name][1]], gold_path, on_empty_query)
     results = {**results, "data_dir": data_dir, "split": split, "num_passages": len(table),
                "passage_checksum": table.checksum, "tasks": {}}
-    for task in tqdm(task_list, desc="tasks"):
-        gold_path = task_path(data_dir, task, split)
-        records = read_records(gold_path)
-        results["tasks"][task.name] = evaluate_task(
-            task, records, gold_path, retriever, table,
-            os.path.join(out_dir, "guesses", f"{task.name}-{split}-guess.jsonl"), depth, ks,
-            os.path.join(out_dir, "trec", f"{task.name}-{split}.trec"),
-            results.get("run_name") or results["retriever"])
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    tables.write_tables(os.path.join(out_dir, "table"), result_rows(results),
-                        list(results["tasks"]))
+    with outputs.staged(out_dir) as stage:
+        for task in tqdm(task_list, desc="tasks"):
+            gold_path, recs = records[task.name]
+            guess = os.path.join("guesses", f"{task.name}-{split}-guess.jsonl")
+            run_file = os.path.join("trec", f"{task.name}-{split}.trec")
+            r = evaluate_task(task, recs, gold_path, retriever, table,
+                              os.path.join(stage, guess), depth, ks, os.path.join(stage, run_file),
+                              results.get("run_name") or results["retriever"])
+            results["tasks"][task.name] = {**r, "guess_file": os.path.join(out_dir, guess),
+                                           "trec_file": os.path.join(out_dir, run_file)}
+        with open(os.path.join(stage, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        tables.write_tables(os.path.join(stage, "table"), result_rows(results),
+                            list(results["tasks"]), note=missing_note(results))
     return results
+
+
+def check_run_args(depth: int, ks: Sequence[int]) -> None:
+    """``ValueError`` for a depth or cut-off that is not a positive integer."""
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth (passages per query) must be an integer >= 1, got {depth!r}")
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    if bad or not ks:
+        raise ValueError(f"ks (metric cut-offs) must be integers >= 1, got {list(ks)!r}")
+
+
+def missing_note(results: dict) -> Optional[str]:
+    """A line for under the table when tasks have no score (no gold, e.g. an empty or a
+    test file): the average covers only the others."""
+    per_task = results["tasks"]
+    unscored = [t for t, r in per_task.items() if not r.get("page")]
+    if not unscored:
+        return None
+    scored = len(per_task) - len(unscored)
+    return (f"No score for {', '.join(unscored)} (no records with gold provenance): "
+            f"Avg covers the other {scored} of {len(per_task)} tasks.")
 
 
 @gin.configurable
@@ -183,7 +220,8 @@ def run_evaluation(data_dir: Optional[str] = None, out_dir: str = "runs/bm25",
                    tasks: Optional[Sequence[str]] = None, split: str = "dev",
                    retriever: str = "bm25", depth: int = 100, ks: Sequence[int] = (1, 5, 10, 20),
                    chunk_mode: str = "page", words_per_passage: int = 100,
-                   minikilt_scale: float = 1.0, seed: int = 0) -> dict:
+                   minikilt_scale: float = 1.0, seed: int = 0,
+                   on_empty_query: str = "warn") -> dict:
     """Runs retrieval + KILT scoring for every task; returns the results dict.
 
     Args:
@@ -196,9 +234,16 @@ def run_evaluation(data_dir: Optional[str] = None, out_dir: str = "runs/bm25",
       ks: cut-offs for precision/recall/success@k.
       chunk_mode, words_per_passage: passage chunking (see ``data.passages``).
       minikilt_scale, seed: size and seed of the generated benchmark.
+      on_empty_query: "warn" or "fail" when a task has empty or blank queries.
     """
     if retriever not in RETRIEVERS:
         raise KeyError(f"unknown retriever {retriever!r}; known: {sorted(RETRIEVERS)}")
+    check_run_args(depth, ks)
+    if on_empty_query not in outputs.EMPTY_QUERY_POLICIES:
+        raise ValueError(f"on_empty_query must be one of {outputs.EMPTY_QUERY_POLICIES}, "
+                         f"got {on_empty_query!r}")
+    if not (isinstance(words_per_passage, int) and words_per_passage >= 1):
+        raise ValueError(f"words_per_passage must be an integer >= 1, got {words_per_passage!r}")
     os.makedirs(out_dir, exist_ok=True)
     if data_dir is None:
         data_dir = os.path.join(out_dir, "minikilt")
@@ -211,7 +256,8 @@ def run_evaluation(data_dir: Optional[str] = None, out_dir: str = "runs/bm25",
     t0 = time.time()
     ret = RETRIEVERS[retriever](table)
     return evaluate_tasks(ret, table, data_dir, out_dir, task_list, split, depth, ks,
-                          {"retriever": retriever, "index_seconds": time.time() - t0})
+                          {"retriever": retriever, "index_seconds": time.time() - t0},
+                          on_empty_query)
 
 
 def result_rows(results: dict, ks: Sequence[int] = (5,)) -> Dict[str, Dict[str, Optional[float]]]:
@@ -249,10 +295,14 @@ def main(argv):
     parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     cli.absolute_gin_paths()
     results = run_evaluation(data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir,
-                             tasks=FLAGS.tasks, split=FLAGS.split)
+                             tasks=FLAGS.tasks, split=FLAGS.split,
+                             **({"on_empty_query": FLAGS.on_empty_query}
+                                if FLAGS.on_empty_query else {}))
     print(f"\n{results['retriever']} on {results['data_dir']} ({results['split']}, "
           f"{results['num_passages']} passages), KILT metrics x100:\n")
     print(tables.format_table(result_rows(results), list(results["tasks"])))
+    if missing_note(results):
+        print(missing_note(results))
     print(f"guess files, TREC run files and tables in {FLAGS.out_dir}")
 
 
@@ -262,4 +312,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("out_dir", "runs/bm25", "Output directory.")
     flags.DEFINE_list("tasks", None, "Task names (default: all with files).")
     flags.DEFINE_string("split", "dev", "Split to evaluate.")
-    app.run(main)
+    flags.DEFINE_enum("on_empty_query", None, ["warn", "fail"], "Empty or blank queries: "
+                      "warn with their count and ids (default) or fail.")
+    cli.run(main, "evaluate")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -43,11 +42,12 @@ import numpy as np
 from absl import app, flags
 
 from multiret_jax import cli, evaluate, tables
-from multiret_jax.data.tasks import Task, benchmark_tasks
+from multiret_jax.data.tasks import Task, benchmark_tasks, task_path
 from multiret_jax.encoding import encode_queries_of
 from multiret_jax.gin_utils import define_gin_flags
 from multiret_jax.index.corpus import corpus_index
-from multiret_jax.index.faiss_index import DenseIndex
+from multiret_jax.index.faiss_index import DenseIndex, check_index_spec
+from multiret_jax.outputs import check_queries
 from multiret_jax.run_dir import TrainedRun, load_run, parse_run_config, run_table
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
                   batch_size: Optional[int] = None, shard_size: Optional[int] = None,
                   dtype: Optional[str] = None, train_size: int = 100_000, seed: int = 0,
                   overwrite: bool = False, run_name: Optional[str] = None,
-                  progress: bool = True) -> Dict[str, Any]:
+                  progress: bool = True, on_empty_query: str = "warn") -> Dict[str, Any]:
     """Retrieves with a trained run for every task, writes guess / TREC files, scores them.
     Replaces the process's gin config with the run's (``run_dir.parse_run_config``).
 
@@ -111,6 +111,7 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
       overwrite: replace shards / an index made otherwise instead of raising.
       run_name: TREC run name (default the run directory's name).
       progress: tqdm bars.
+      on_empty_query: "warn" or "fail" when a task has empty or blank queries.
     Returns:
       The results dict (also ``results.json``): evaluate.py's keys plus the run, index and
       encoding details ("index": built / loaded, "encoded_shards", "reused_shards").
@@ -118,10 +119,17 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
       FileNotFoundError: no run directory, no config.gin (without ``gin_files``), no
         parameters / tokenizer / task files. ValueError: shards or an index made otherwise.
     """
+    evaluate.check_run_args(k, ks)
+    check_index_spec(index_spec)
     parse_run_config(model_dir, gin_files, gin_params)
     run = load_run(model_dir, params_path, tokenizer_dir)
     table, data_dir = run_table(model_dir, data_dir)
     task_list = benchmark_tasks(data_dir, split, tasks)  # fail before encoding
+    for task in task_list:  # every task file read and validated before encoding
+        records = evaluate.read_records(task_path(data_dir, task, split))
+        check_queries([r.id for r in records], [r.input for r in records],
+                      task_path(data_dir, task, split), on_empty_query)
+    check_index_spec(index_spec, len(table), train_size=train_size)
     batch_size = batch_size or run.batch_size
     emb_dir = emb_dir or os.path.join(out_dir, "emb")
     index_dir = index_dir or os.path.join(out_dir, "index", _slug(index_spec))
@@ -147,7 +155,7 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
               "index_seconds": index_s}
     retriever = DenseRetriever(run, index, batch_size, progress)
     return evaluate.evaluate_tasks(retriever, table, data_dir, out_dir, task_list, split, k,
-                                   ks, header)
+                                   ks, header, on_empty_query="warn")  # checked above
 
 
 FLAGS = flags.FLAGS
@@ -158,21 +166,21 @@ def main(argv):
     cli.setup_logging()
     cli.absolute_flags(FLAGS, "model_dir", "out_dir", "data_dir", "emb_dir", "index_dir",
                        "params", "tokenizer_dir")
-    try:
-        results = run_retrieval(
-            FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, emb_dir=FLAGS.emb_dir,
-            index_dir=FLAGS.index_dir, index_spec=FLAGS.index_spec, tasks=FLAGS.tasks,
-            split=FLAGS.split, k=FLAGS.k, ks=[int(x) for x in FLAGS.ks], nprobe=FLAGS.nprobe,
-            ef_search=FLAGS.ef_search, gin_files=FLAGS.gin_file, gin_params=FLAGS.gin_param,
-            params_path=FLAGS.params, tokenizer_dir=FLAGS.tokenizer_dir,
-            batch_size=FLAGS.batch_size, shard_size=FLAGS.shard_size, dtype=FLAGS.dtype,
-            train_size=FLAGS.train_size, overwrite=FLAGS.overwrite, run_name=FLAGS.run_name)
-    except FileNotFoundError as e:  # a wrong path or a missing file: the message says which
-        sys.exit(f"retrieve: error: {e}")
+    results = run_retrieval(
+        FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, emb_dir=FLAGS.emb_dir,
+        index_dir=FLAGS.index_dir, index_spec=FLAGS.index_spec, tasks=FLAGS.tasks,
+        split=FLAGS.split, k=FLAGS.k, ks=cli.int_list("ks", FLAGS.ks), nprobe=FLAGS.nprobe,
+        ef_search=FLAGS.ef_search, gin_files=FLAGS.gin_file, gin_params=FLAGS.gin_param,
+        params_path=FLAGS.params, tokenizer_dir=FLAGS.tokenizer_dir,
+        batch_size=FLAGS.batch_size, shard_size=FLAGS.shard_size, dtype=FLAGS.dtype,
+        train_size=FLAGS.train_size, overwrite=FLAGS.overwrite, run_name=FLAGS.run_name,
+        on_empty_query=FLAGS.on_empty_query)
     print(f"\n{results['run_name']} ({results['index_spec']} index, {results['index']}) on "
           f"{results['data_dir']} ({results['split']}, {results['num_passages']} passages), "
           "KILT metrics x100:\n")
     print(tables.format_table(evaluate.result_rows(results), list(results["tasks"])))
+    if evaluate.missing_note(results):
+        print(evaluate.missing_note(results))
     print(f"guess files, TREC run files and tables in {FLAGS.out_dir}")
 
 
@@ -187,20 +195,26 @@ def define_flags() -> None:
                         "IVF1024,SQ8, ...).")
     flags.DEFINE_list("tasks", None, "Task names (default: all with files for --split).")
     flags.DEFINE_string("split", "dev", "dev, train or test (test: guess files only).")
-    flags.DEFINE_integer("k", 100, "Passages retrieved per query.")
+    flags.DEFINE_integer("k", 100, "Passages retrieved per query.", lower_bound=1)
     flags.DEFINE_list("ks", ["1", "5", "10", "20"], "Metric cut-offs.")
-    flags.DEFINE_integer("nprobe", None, "IVF lists searched.")
-    flags.DEFINE_integer("ef_search", None, "HNSW beam width (at least k is used).")
+    flags.DEFINE_integer("nprobe", None, "IVF lists searched.", lower_bound=1)
+    flags.DEFINE_integer("ef_search", None, "HNSW beam width (at least k is used).",
+                         lower_bound=1)
     flags.DEFINE_string("params", None, "Parameter file (default: final_params.safetensors).")
     flags.DEFINE_string("tokenizer_dir", None, "Tokenizer directory (default: the run's).")
-    flags.DEFINE_integer("batch_size", None, "Encoder batch (default: train.eval_batch_size).")
-    flags.DEFINE_integer("shard_size", None, "Passages per shard (default: existing / 100000).")
+    flags.DEFINE_integer("batch_size", None, "Encoder batch (default: train.eval_batch_size).",
+                         lower_bound=1)
+    flags.DEFINE_integer("shard_size", None, "Passages per shard (default: existing / 100000).",
+                         lower_bound=1)
     flags.DEFINE_enum("dtype", None, ["float32", "float16"], "Stored embedding dtype.")
-    flags.DEFINE_integer("train_size", 100_000, "Training sample of IVF / PQ indexes.")
+    flags.DEFINE_integer("train_size", 100_000, "Training sample of IVF / PQ indexes.",
+                         lower_bound=1)
     flags.DEFINE_boolean("overwrite", False, "Replace shards / an index made otherwise.")
     flags.DEFINE_string("run_name", None, "TREC run name (default: the run directory's name).")
+    flags.DEFINE_enum("on_empty_query", "warn", ["warn", "fail"], "Empty or blank queries: "
+                      "warn with their count and ids, or fail before encoding.")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "retrieve")

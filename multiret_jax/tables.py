@@ -91,14 +91,17 @@ def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: in
     return "\n".join(out) + "\n"
 
 
-def write_tables(prefix: str, rows: Rows, tasks: Sequence[str], signed: bool = False) -> List[str]:
+def write_tables(prefix: str, rows: Rows, tasks: Sequence[str], signed: bool = False,
+                 note: Optional[str] = None) -> List[str]:
     """Writes ``prefix.md``, ``prefix.csv`` and ``prefix.json`` (values unrounded, with
-    "Avg"); returns the paths."""
+    "Avg"); ``note`` goes under the Markdown table. Returns the paths."""
     paths = []
     for ext, fmt in (("md", "markdown"), ("csv", "csv")):
         paths.append(f"{prefix}.{ext}")
         with open(paths[-1], "w") as f:
             f.write(format_table(rows, tasks, fmt, signed=signed))
+            if note and fmt == "markdown":
+                f.write(f"\n{note}\n")
     paths.append(f"{prefix}.json")
     with open(paths[-1], "w") as f:
         json.dump({name: with_average({t: v.get(t) for t in ordered_tasks(tasks)})

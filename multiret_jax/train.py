@@ -61,7 +61,7 @@ from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
 from multiret_jax.models.encoders import build_biencoder
 from multiret_jax.models.params_io import PARAMS_FILE, flat_numpy, load_params_into
-from multiret_jax.training import ance, distributed
+from multiret_jax.training import ance, distributed, run_config
 from multiret_jax.training.checkpointing import Checkpointer
 from multiret_jax.training.inputs import load_task_data, training_tokenizer
 from multiret_jax.training.scalars import ScalarLogger, write_summary
@@ -96,7 +96,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           checkpoint_every: Optional[int] = None, keep: int = 2, eval_batch_size: int = 64,
           eval_at_start: bool = False, compare_bm25: bool = False,
           seed: int = 0, minikilt_scale: float = 1.0, halt_after: Optional[int] = None,
-          return_state: bool = False):
+          return_state: bool = False, allow_config_change: bool = False):
     """Trains, validates and checkpoints; returns the summary (also ``summary.json``).
 
     Args (gin ``train.*``):
@@ -141,19 +141,24 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       minikilt_scale: size of the generated mini-KILT.
       halt_after: stop this process after that step (a preemption drill; rerun resumes).
       return_state: also return the final train state.
+      allow_config_change: resume a run whose ``config.gin`` differs from this
+        configuration (``training/run_config.py``; the old file is kept as
+        ``config.<n>.gin``); without it a changed configuration fails before any file
+        is touched.
     """
     s = Settings(**locals())
     if multihost:
         distributed.initialize(coordinator_address, num_processes, process_id)
     plan = ance.EpisodePlan(steps, ance_episodes, ance_episode_steps)
+    main_process = jax.process_index() == 0
+    # The run's full configuration, for the tools that load it later: compared with the
+    # saved one first (a changed one fails here, before any file is touched).
+    run_config.check_and_save(model_dir, gin.config_str(), allow_config_change,
+                              write=main_process)
     finished = finished_run(model_dir, plan.total_steps)
     if finished is not None and not return_state:
         return finished
-    main_process = jax.process_index() == 0
     os.makedirs(model_dir, exist_ok=True)
-    if main_process:  # the run's full configuration, for the tools that load it later
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
     table, data, bm25, dev = prepare_data(s)
     model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
     mt, tx, schedule = make_optimizer(s, len(data), plan.total_steps)
@@ -502,7 +507,7 @@ def main(argv):
     cli.absolute_flags(FLAGS, "model_dir")
     parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     cli.absolute_gin_paths()
-    summary = train(model_dir=FLAGS.model_dir)
+    summary = train(model_dir=FLAGS.model_dir, allow_config_change=FLAGS.allow_config_change)
     print(final_report(FLAGS.model_dir, summary))
 
 
@@ -525,4 +530,6 @@ def final_report(model_dir: str, summary: dict) -> str:
 if __name__ == "__main__":
     define_gin_flags()
     flags.DEFINE_string("model_dir", None, "Output directory (checkpoints, logs, summary).")
-    app.run(main)
+    flags.DEFINE_boolean("allow_config_change", False, "Resume a run whose saved config.gin "
+                         "differs (the old one is kept as config.<n>.gin).")
+    cli.run(main, "train")

@@ -137,10 +137,16 @@ def test_reuse_and_force(tmp_path):
     second = minikilt.generate(out, scale=0.05, seed=2)
     assert second.reused and second.counts == first.counts
     assert os.path.getmtime(first.knowledge_source) == mtime
-    with open(first.task_files["nq"]["dev"], "a") as f:  # a modified file is regenerated
+    assert not minikilt.generate(out, scale=0.05, seed=3).reused  # other seed: regenerated
+    with open(first.task_files["nq"]["dev"], "a") as f:  # a file changed since: refused
         f.write("\n")
-    assert not minikilt.generate(out, scale=0.05, seed=2).reused
-    assert not minikilt.generate(out, scale=0.05, seed=3).reused  # other seed
+    with open(first.task_files["nq"]["dev"], "rb") as f:
+        edited = f.read()
+    with pytest.raises(FileExistsError, match="nq-dev-kilt.jsonl.*--overwrite"):
+        minikilt.generate(out, scale=0.05, seed=2)
+    with open(first.task_files["nq"]["dev"], "rb") as f:
+        assert f.read() == edited
+    assert not minikilt.generate(out, scale=0.05, seed=2, overwrite=True).reused
     assert not minikilt.generate(out, scale=0.05, seed=3, force=True).reused
 
 
@@ -377,3 +383,21 @@ def test_bm25_is_misled_but_not_hopeless(tmp_path_factory):
                                for ranked, r in zip(bm25.page_ranking(rows), recs)])
     assert 0.3 < np.mean(list(rprec.values())) < 0.75, rprec
     assert all(0.05 < v < 0.95 for v in rprec.values()), rprec
+
+
+def test_refuses_a_users_files_unless_overwrite(tmp_path, capsys):
+    """A directory with the user's own knowledge source is never overwritten silently: the
+    CLI exits 2 naming the file and leaves it as it was; --overwrite replaces it."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = out / "knowledge_source.jsonl"
+    mine.write_text('{"wikipedia_id": "1", "text": ["My page", "my text"]}\n')
+    before = mine.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        minikilt.main(["--out_dir", str(out), "--scale", "0.05"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "minikilt: error:" in err and "knowledge_source.jsonl" in err and "--overwrite" in err
+    assert mine.read_bytes() == before and sorted(os.listdir(out)) == ["knowledge_source.jsonl"]
+    minikilt.main(["--out_dir", str(out), "--scale", "0.05", "--overwrite"])
+    assert mine.read_bytes() != before and minikilt.foreign_files(str(out)) == []

@@ -23,10 +23,14 @@ about 40-60 dev page R-precision; see ``tests/test_minikilt.py``).
 
 Output is byte-identical for a given (seed, scale) (pages are pure functions of the seed and
 the entity; files stream to disk); a second call with a matching manifest returns at once.
+A directory holding files it would write that are not an earlier mini-KILT's (listed in its
+manifest, unchanged in size) is refused unless ``overwrite=True`` (``--overwrite``): a
+user's own ``knowledge_source.jsonl`` is never replaced by accident.
 At scale 1: ~1,800 pages, 60 (AIDA) to 600 (T-REx) train records per task and 40-70 dev
 records; everything scales linearly with ``scale``.
 
-CLI: ``python -m multiret_jax.data.minikilt --out_dir=data/minikilt --scale=1 --seed=0``.
+CLI: ``python -m multiret_jax.data.minikilt --out_dir=data/minikilt --scale=1 --seed=0
+[--overwrite]``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import gin
 
+from multiret_jax import cli
 from multiret_jax.data import minikilt_queries as Q
 from multiret_jax.data import minikilt_records as R
 from multiret_jax.data import minikilt_vocab as V
@@ -122,9 +127,34 @@ def _write_jsonl(path: str, rows: Iterable[dict]) -> int:
     return n
 
 
+def output_names() -> list:
+    """The files ``generate`` writes (relative to its directory), manifest last."""
+    return ([KNOWLEDGE_SOURCE] + [t.filename(s) for t in KILT_TASKS for s in SPLITS]
+            + [MANIFEST])
+
+
+def foreign_files(out_dir: str) -> list:
+    """Files in ``out_dir`` that ``generate`` would replace and that an earlier mini-KILT
+    did not write: absent from its manifest, or changed in size since."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+            sizes = json.load(f).get("sizes", {})
+        sizes = sizes if isinstance(sizes, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        sizes = {}
+    out = []
+    for name in output_names()[:-1]:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path) and (name not in sizes or os.path.getsize(path) != sizes[name]):
+            out.append(name)
+    if not sizes and os.path.exists(os.path.join(out_dir, MANIFEST)):
+        out.append(MANIFEST)
+    return out
+
+
 @gin.configurable
-def generate(out_dir: str, *, scale: float = 1.0, seed: int = 0,
-             force: bool = False) -> GeneratedBenchmark:
+def generate(out_dir: str, *, scale: float = 1.0, seed: int = 0, force: bool = False,
+             overwrite: bool = False) -> GeneratedBenchmark:
     """Generates mini-KILT into ``out_dir`` (or reuses it if its manifest matches).
 
     Args:
@@ -132,14 +162,23 @@ def generate(out_dir: str, *, scale: float = 1.0, seed: int = 0,
       scale: size multiplier; pages and records grow linearly (1.0: ~1,800 pages).
       seed: the world and records are a deterministic function of (seed, scale).
       force: regenerate even if a matching manifest exists.
+      overwrite: replace files in ``out_dir`` that an earlier mini-KILT did not write.
     Returns:
       A ``GeneratedBenchmark`` with the paths and counts.
+    Raises:
+      FileExistsError: ``out_dir`` holds such files and ``overwrite`` is False (nothing is
+        written).
     """
     scale, seed = float(scale), int(seed)
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
     if not force and (done := _from_manifest(out_dir, seed, scale)) is not None:
         return done
+    if not overwrite and (theirs := foreign_files(out_dir)):
+        raise FileExistsError(
+            f"{out_dir} holds files the mini-KILT generator would overwrite and did not write: "
+            f"{', '.join(theirs)} (choose another directory, or pass --overwrite / "
+            "overwrite=True to replace them)")
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(os.path.join(out_dir, MANIFEST)):
         os.remove(os.path.join(out_dir, MANIFEST))
@@ -161,7 +200,7 @@ def generate(out_dir: str, *, scale: float = 1.0, seed: int = 0,
                 SPLITS, RECORDS_PER_SCALE[task.name])}
     counts = {"pages": w.n, "words": stats["words"], "approx_passages_100w": stats["passages"],
               "records": records}
-    names = [KNOWLEDGE_SOURCE] + [t.filename(s) for t in KILT_TASKS for s in SPLITS]
+    names = output_names()[:-1]
     man = {"generator": "multiret_jax.data.minikilt", "version": GENERATOR_VERSION,
            "source": _source_digest(), "seed": seed, "scale": scale, "counts": counts,
            "sizes": {p: os.path.getsize(os.path.join(out_dir, p)) for p in names}}
@@ -171,16 +210,32 @@ def generate(out_dir: str, *, scale: float = 1.0, seed: int = 0,
     return _benchmark(out_dir, counts, seed, scale)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def main(argv: Optional[Sequence[str]] = None) -> GeneratedBenchmark:
     """CLI: generate mini-KILT and print its counts."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="minikilt", description=__doc__.split("\n")[0])
     ap.add_argument("--out_dir", default="data/minikilt")
-    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--scale", type=_positive_float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace files in --out_dir that a mini-KILT did not write")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    bench = generate(os.path.abspath(args.out_dir), scale=args.scale, seed=args.seed, force=args.force)
+    try:
+        bench = generate(os.path.abspath(args.out_dir), scale=args.scale, seed=args.seed,
+                         force=args.force, overwrite=args.overwrite)
+    except (ValueError, OSError) as e:
+        ap.exit(2, f"minikilt: error: {cli.error_message(e)}\n")
     c = bench.counts
     print(f"mini-KILT seed={bench.seed} scale={bench.scale} in {bench.out_dir} "
           f"({'reused' if bench.reused else 'generated'} in {time.perf_counter() - t0:.1f}s)")

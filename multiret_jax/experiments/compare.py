@@ -291,4 +291,4 @@ if __name__ == "__main__":
     flags.DEFINE_list("metrics", ["page_rprec"], f"Metrics: {METRIC_HELP}.")
     flags.DEFINE_string("metric", None, "One metric (alias of --metrics).")
     flags.DEFINE_string("out", None, "Output prefix: writes <out>.md, <out>.csv, <out>.json.")
-    app.run(main)
+    cli.run(main, "compare")

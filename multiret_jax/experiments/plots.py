@@ -325,12 +325,17 @@ if __name__ == "__main__":
     flags.DEFINE_string("model_dir", None, "The TACO run's model_dir.", required=True)
     flags.DEFINE_string("out_dir", None, "Output directory (default <model_dir>/analysis).")
     flags.DEFINE_string("step", "latest", "Checkpoint: latest, best or a step number.")
-    flags.DEFINE_float("tau", None, f"Softmax temperature (default: gin, else {DEFAULT_TAU}).")
+    flags.DEFINE_float("tau", None, f"Softmax temperature (default: gin, else {DEFAULT_TAU}).",
+                       lower_bound=1e-6)
     flags.DEFINE_bool("normalize", None, "Divide the EMA by its per-task median (runs with "
                       "normalize_after_ema; default: from gin, else False).")
     flags.DEFINE_list("tasks", None, "Task names of the K axis (default: summary.json).")
-    flags.DEFINE_integer("bins", 50, "Entropy histogram bins.")
-    flags.DEFINE_integer("sensitivity_bins", 60, "Sensitivity histogram bins (log-spaced).")
+    flags.DEFINE_integer("bins", 50, "Entropy histogram bins.", lower_bound=1)
+    flags.DEFINE_integer("sensitivity_bins", 60, "Sensitivity histogram bins (log-spaced).",
+                         lower_bound=1)
     flags.DEFINE_float("specific_entropy", analysis.SPECIFIC_ENTROPY,
-                       "Entropy (nats) below which a parameter is task-specific.")
-    app.run(main)
+                       "Entropy (nats) below which a parameter is task-specific.",
+                       lower_bound=0.0)
+    flags.register_validator("step", lambda v: v in ("latest", "best") or v.isdigit(),
+                             message="must be latest, best or a step number")
+    cli.run(main, "plots")

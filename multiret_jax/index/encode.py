@@ -256,6 +256,9 @@ def main(argv):
     del argv
     cli.setup_logging()
     cli.absolute_flags(FLAGS, "model_dir", "out_dir", "data_dir", "params", "tokenizer_dir")
+    if FLAGS.shard_id >= FLAGS.num_shards:
+        raise cli.UsageError(f"--shard_id={FLAGS.shard_id} must be below "
+                             f"--num_shards={FLAGS.num_shards}")
     parse_run_config(FLAGS.model_dir, FLAGS.gin_file, FLAGS.gin_param)
     res = encode_run(FLAGS.model_dir, FLAGS.out_dir, FLAGS.data_dir, FLAGS.params,
                      FLAGS.tokenizer_dir, FLAGS.passage_len, FLAGS.chunk_mode,
@@ -275,12 +278,18 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", None, "KILT directory or saved PassageTable.")
     flags.DEFINE_string("params", None, "Parameter file (default: final_params.safetensors).")
     flags.DEFINE_string("tokenizer_dir", None, "Tokenizer directory.")
-    flags.DEFINE_integer("passage_len", None, "Passage length in tokens.")
-    flags.DEFINE_string("chunk_mode", None, "'page' or 'paragraph' passages.")
-    flags.DEFINE_integer("shard_size", 100_000, "Passages per shard file.")
-    flags.DEFINE_integer("batch_size", 128, "Passages per device call (all local devices).")
-    flags.DEFINE_integer("shard_id", 0, "This job's index.")
-    flags.DEFINE_integer("num_shards", 1, "Number of jobs.")
+    flags.DEFINE_integer("passage_len", None, "Passage length in tokens.",
+                         lower_bound=1)
+    flags.DEFINE_enum("chunk_mode", None, ["page", "paragraph"], "Passages per page or per "
+                      "paragraph (default: the run's).")
+    flags.DEFINE_integer("shard_size", 100_000, "Passages per shard file.",
+                         lower_bound=1)
+    flags.DEFINE_integer("batch_size", 128, "Passages per device call (all local devices).",
+                         lower_bound=1)
+    flags.DEFINE_integer("shard_id", 0, "This job's index (0 .. num_shards - 1).",
+                         lower_bound=0)
+    flags.DEFINE_integer("num_shards", 1, "Number of jobs.",
+                         lower_bound=1)
     flags.DEFINE_enum("dtype", "float32", DTYPES, "Stored dtype.")
     flags.DEFINE_boolean("overwrite", False, "Replace shards made otherwise.")
-    app.run(main)
+    cli.run(main, "index.encode")

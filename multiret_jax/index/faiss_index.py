@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import json
 import os
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -276,6 +277,49 @@ def _first_pass(shards, dim: int, sample_size: int, seed: int, want_norm: bool, 
             grow = np.concatenate([grow[old], new + n])
         n += len(emb)
     return sample[np.argsort(grow, kind="stable")], float(np.sqrt(max_sq))
+
+
+_SPEC_DIMS = (768, 1024, 384, 512, 256, 128, 64)  # dimensions tried when it is not known yet
+
+
+def check_index_spec(spec: str, num_vectors: Optional[int] = None, dim: Optional[int] = None,
+                     train_size: Optional[int] = None) -> None:
+    """Checks a ``faiss.index_factory`` string before any encoding: that FAISS accepts it
+    (for ``dim``, or for some common dimension when ``dim`` is None) and, with
+    ``num_vectors``, that a trainable index can be trained on that many vectors (an IVF
+    index needs at least one per list, PQ at least one per centroid, from the training
+    sample of ``train_size``).
+
+    Raises:
+      ValueError: naming the spec and what to change.
+    """
+    errors = []
+    index = None
+    for d in ((dim,) if dim else _SPEC_DIMS):
+        try:
+            index = faiss.index_factory(int(d), spec, faiss.METRIC_INNER_PRODUCT)
+            break
+        except RuntimeError as e:
+            errors.append(str(e).strip().splitlines()[-1].rsplit(": ", 1)[-1])
+    if index is None:
+        raise ValueError(f"bad FAISS index spec {spec!r}"
+                         + (f" for dimension {dim}" if dim else "") + f": {errors[-1]}")
+    if num_vectors is None:
+        return
+    usable = min(num_vectors, train_size) if train_size else num_vectors
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.nlist > usable:
+        suggest = max(1, int(4 * math.sqrt(num_vectors)))
+        raise ValueError(f"index spec {spec!r}: {ivf.nlist} IVF lists need at least {ivf.nlist} "
+                         f"training vectors, the corpus has {num_vectors} passages"
+                         + (f" and the training sample {train_size}" if train_size else "")
+                         + f" (about 4*sqrt(N) lists is usual: IVF{suggest})")
+    for sub in (faiss.downcast_index(index), ivf and faiss.downcast_index(ivf)):
+        pq = getattr(sub, "pq", None)
+        if pq is not None and pq.ksub > usable:
+            raise ValueError(f"index spec {spec!r}: product quantization with {pq.nbits} bits "
+                             f"needs at least {pq.ksub} training vectors, only {usable} "
+                             "available (use fewer bits, e.g. PQ16x4, or a Flat / HNSW index)")
 
 
 def build_index(shards: Union[np.ndarray, Iterable, Any], spec: str = "Flat", *,

@@ -69,14 +69,13 @@ runs, unless ``--reuse_changed``.
 
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags, logging
 
 from multiret_jax import cli
 from multiret_jax.experiments import compare
 from multiret_jax.experiments.zero_few_shot.driver import run_zero_few_shot
-from multiret_jax.experiments.zero_few_shot.plan import Options, PlanError
+from multiret_jax.experiments.zero_few_shot.plan import Options
 
 FLAGS = flags.FLAGS
 
@@ -96,11 +95,7 @@ def main(argv):
         too_few=FLAGS.too_few, check_init=FLAGS.check_init, reuse_changed=FLAGS.reuse_changed,
         minikilt_scale=FLAGS.minikilt_scale, quiet=FLAGS.quiet, dry_run=FLAGS.dry_run,
         jax_cache_dir=FLAGS.jax_cache_dir)
-    try:
-        run_zero_few_shot(opts)
-    except PlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_zero_few_shot(opts)  # a PlanError (ValueError) is one line, exit 2 (cli.run)
 
 
 if __name__ == "__main__":
@@ -131,9 +126,10 @@ if __name__ == "__main__":
     flags.DEFINE_bool("check_init", True, "Validate few-shot runs at step 0 and check that "
                       "it equals the leave-one-out validation.")
     flags.DEFINE_bool("reuse_changed", False, "Keep run dirs made by a different command.")
-    flags.DEFINE_float("minikilt_scale", 1.0, "Size of the generated mini-KILT (no --data_dir).")
+    flags.DEFINE_float("minikilt_scale", 1.0, "Size of the generated mini-KILT (no --data_dir).",
+                       lower_bound=1e-6)
     flags.DEFINE_bool("quiet", False, "Stage output to the logs only (not to the terminal).")
     flags.DEFINE_string("jax_cache_dir", None, "JAX persistent compilation cache directory "
                         "for the stages (few-shot stages of one shape then compile once).")
     flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run nothing.")
-    app.run(main)
+    cli.run(main, "zero_few_shot")
