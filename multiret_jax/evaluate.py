@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
 from multiret_jax import cli, metrics, outputs, tables, trec

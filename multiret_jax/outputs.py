@@ -11,11 +11,12 @@ retrieval's embedding shards and index) are never touched.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Iterator, List, Sequence
+from typing import Any, Iterator, List, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +86,17 @@ def check_queries(ids: Sequence[str], queries: Sequence[str], source: str,
         log.warning("%s (they are scored as they are; on_empty_query='fail' stops instead)",
                     msg)
     return blank
+
+
+def read_json(path: str) -> Any:
+    """A JSON file's content; ``ValueError`` naming the file, line and column when it is
+    truncated or not JSON (a run killed while writing it, a hand edit)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); "
+                         "the file is truncated or damaged: rerun the command that wrote "
+                         "it") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None

@@ -39,7 +39,7 @@ import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from multiret_jax import cli, evaluate, tables
 from multiret_jax.data.tasks import Task, benchmark_tasks, task_path

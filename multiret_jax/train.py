@@ -33,7 +33,6 @@ checkpoint directory) a word-level vocabulary is built from its passages (tiny m
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -60,6 +59,7 @@ from multiret_jax.data.tasks import benchmark_tasks, get_task
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
 from multiret_jax.models.encoders import build_biencoder
+from multiret_jax.outputs import read_json
 from multiret_jax.models.params_io import PARAMS_FILE, flat_numpy, load_params_into
 from multiret_jax.training import ance, distributed, run_config
 from multiret_jax.training.checkpointing import Checkpointer
@@ -207,9 +207,8 @@ def finished_run(model_dir: str, total_steps: int) -> Optional[dict]:
     path = os.path.join(model_dir, SUMMARY_FILE)
     if not (os.path.isfile(path) and os.path.isfile(os.path.join(model_dir, PARAMS_FILE))):
         return None
-    with open(path) as f:
-        summary = json.load(f)
-    if summary.get("steps") != total_steps or summary.get("completed_steps") != total_steps:
+    summary = read_json(path)  # a damaged one is named (file, line)
+    if not isinstance(summary, dict) or summary.get("steps") != total_steps or summary.get("completed_steps") != total_steps:
         return None
     log.info("%s already finished all %d steps: nothing to train, every file is kept (use a "
              "new --model_dir to train again)", model_dir, total_steps)
@@ -293,8 +292,8 @@ def init_or_restore(s: Settings, params, tx, model, plan: ance.EpisodePlan):
     state = jax.device_put(state, state_sh)
     ckpt = Checkpointer(os.path.join(s.model_dir, "checkpoints"), keep=s.keep,
                         best_metric="avg_page_rprec")
-    if ckpt.latest_step() is not None:
-        state, _ = ckpt.restore(target=state)
+    if ckpt.latest_step() is not None:  # an unreadable latest step falls back (warned)
+        state, _, _ = ckpt.restore_intact(target=state)
         log.info("resumed from step %d of %d", int(state["step"]), plan.total_steps)
     return state, state_sh, ckpt, mesh, row_multiple
 

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from multiret_jax import multitask
-from multiret_jax.training.checkpointing import Checkpointer
+from multiret_jax.training.checkpointing import Checkpointer, UnreadableCheckpoint
 from multiret_jax.training.scalars import ScalarLogger, write_summary
 
 
@@ -186,3 +186,56 @@ def test_reopened_manager_restores(tmp_path):
     np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
     assert meta == {"sampler": {"step": 5}}
     again.close()
+
+
+def _damage(step_dir) -> None:
+    """Overwrites the array data files of a saved step (as a crash during a copy would)."""
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        if os.path.basename(root) == "d":
+            for name in files:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"damaged")
+
+
+def test_unreadable_latest_step_falls_back_to_the_previous_intact_one(tmp_path, caplog):
+    """The latest step damaged: restore names it and its directory; restore_intact warns,
+    restores the previous step, moves the damaged one aside (kept), and the run can save
+    that step again."""
+    directory = str(tmp_path / "ckpt")
+    first, second = _state(steps=1), _state(steps=2)
+    with Checkpointer(directory, keep=2) as ckpt:
+        ckpt.save(1, first)
+        ckpt.save(2, second)
+        ckpt.wait()
+    _damage(os.path.join(directory, "2"))
+    with Checkpointer(directory, keep=2) as ckpt:
+        with pytest.raises(UnreadableCheckpoint, match="step 2 is unreadable") as e:
+            ckpt.restore(2, target=first)
+        assert os.path.join(directory, "2") in str(e.value)
+        with caplog.at_level("WARNING"):
+            state, _, step = ckpt.restore_intact(target=first)
+        assert step == 1 and "resuming from step 1" in caplog.text
+        for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(first)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert os.path.isdir(os.path.join(directory, "2.unreadable"))
+        assert ckpt.all_steps() == [1]
+        ckpt.save(2, second)
+        ckpt.wait()
+        assert ckpt.all_steps() == [1, 2]
+
+
+def test_no_intact_step_is_an_error_listing_each(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    state = _state(steps=1)
+    with Checkpointer(directory, keep=2) as ckpt:
+        ckpt.save(1, state)
+        ckpt.save(2, state)
+        ckpt.wait()
+    for step in ("1", "2"):
+        _damage(os.path.join(directory, step))
+    with Checkpointer(directory, keep=2) as ckpt:
+        with pytest.raises(UnreadableCheckpoint) as e:
+            ckpt.restore_intact(target=state)
+    msg = str(e.value)
+    assert "no intact checkpoint" in msg and "step 1" in msg and "step 2" in msg
+    assert sorted(os.listdir(directory)) == ["1", "2"]  # nothing moved when nothing is intact

@@ -48,3 +48,99 @@ def test_missing_task_file_is_a_clear_error(tmp_path):
         evaluate.run_evaluation(data_dir=str(tmp_path), out_dir=str(tmp_path / "o"), tasks=["nq"])
     with pytest.raises(KeyError, match="unknown retriever"):
         evaluate.run_evaluation(data_dir=str(tmp_path), retriever="nope")
+
+
+# ------------------------------------------------------------------- no lost or mixed outputs
+
+@pytest.fixture(scope="module")
+def small_kilt(tmp_path_factory):
+    from multiret_jax.data import minikilt
+    out = tmp_path_factory.mktemp("mk")
+    minikilt.generate(str(out), scale=0.05, seed=0)
+    return out
+
+
+def _digest(root):
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_failed_rerun_leaves_the_previous_output_whole(small_kilt, tmp_path):
+    """A rerun that fails after the first task (here the retriever breaks on the second
+    task) used to leave new guess files beside the old results.json and tables; now the
+    previous output is byte-identical and no staging directory is left."""
+    out = tmp_path / "out"
+    kw = dict(data_dir=str(small_kilt), out_dir=str(out), tasks=["nq", "fever"], ks=(1, 5))
+    evaluate.run_evaluation(**kw)
+    before = _digest(out)
+    calls = []
+
+    class Breaks:
+        def __init__(self, table):
+            self.bm25 = BM25Retriever().index(table, show_progress=False)
+
+        def search(self, queries, k, show_progress=False):
+            calls.append(len(queries))
+            if len(calls) == 2:
+                raise RuntimeError("retriever failed on the second task")
+            return self.bm25.search(queries, k, show_progress=False)
+
+    evaluate.register_retriever("breaks", Breaks)
+    try:
+        with pytest.raises(RuntimeError, match="second task"):
+            evaluate.run_evaluation(retriever="breaks", **kw)
+    finally:
+        evaluate.RETRIEVERS.pop("breaks")
+    assert len(calls) == 2
+    assert _digest(out) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_bad_task_file_fails_before_anything_is_written(small_kilt, tmp_path):
+    data = _copy(small_kilt, tmp_path / "data")
+    with open(data / "fever-dev-kilt.jsonl", "a") as f:
+        f.write('{"id": "broken", "input": "x", "output": [}\n')
+    line = len((data / "fever-dev-kilt.jsonl").read_text().splitlines())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"mine": 1}\n')
+    with pytest.raises(kilt.KiltFormatError, match=f"fever-dev-kilt.jsonl:{line}: invalid JSON"):
+        evaluate.run_evaluation(data_dir=str(data), out_dir=str(out), tasks=["nq", "fever"])
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    assert (out / "results.json").read_text() == '{"mine": 1}\n'
+
+
+def test_blank_queries_are_counted_and_named(small_kilt, tmp_path, caplog):
+    data = _copy(small_kilt, tmp_path / "data")
+    path = data / "nq-dev-kilt.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    recs[0]["input"], recs[2]["input"] = "", "   "
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with caplog.at_level("WARNING"):
+        evaluate.run_evaluation(data_dir=str(data), out_dir=str(tmp_path / "o"), tasks=["nq"])
+    assert f"2 of {len(recs)} queries are empty or blank" in caplog.text
+    assert repr(recs[0]["id"]) in caplog.text and repr(recs[2]["id"]) in caplog.text
+    with pytest.raises(ValueError, match="2 of .* queries are empty or blank"):
+        evaluate.run_evaluation(data_dir=str(data), out_dir=str(tmp_path / "o2"), tasks=["nq"],
+                                on_empty_query="fail")
+    assert not (tmp_path / "o2" / "results.json").exists()
+
+
+def test_empty_task_file_is_noted_under_the_table(small_kilt, tmp_path):
+    data = _copy(small_kilt, tmp_path / "data")
+    (data / "fever-dev-kilt.jsonl").write_text("")
+    res = evaluate.run_evaluation(data_dir=str(data), out_dir=str(tmp_path / "o"),
+                                  tasks=["nq", "fever"])
+    note = evaluate.missing_note(res)
+    assert note and "FEVER" not in note and "fever" in note and "other 1 of 2" in note
+    assert note in (tmp_path / "o" / "table.md").read_text()
+    table = json.loads((tmp_path / "o" / "table.json").read_text())
+    row = table["BM25 page R-prec"]
+    assert row["fever"] is None and row["Avg"] == pytest.approx(row["nq"])

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import json
+import os
+import re
 from pathlib import Path
 from typing import List, Union
 
 import pytest
 
+from multiret_jax.data import kilt
 from multiret_jax.data.kilt import (
     KiltFormatError,
     KiltRecord,
     ReadStats,
+    check_on_error,
     guess_record,
     iter_knowledge_source,
     iter_records,
@@ -270,6 +276,18 @@ def test_on_error_must_be_known(tmp_path):
         read_task_file(path, on_error="ignore")
 
 
+@pytest.mark.parametrize("reader", [iter_records, iter_knowledge_source],
+                         ids=["iter_records", "iter_knowledge_source"])
+def test_on_error_checked_at_the_call_with_one_message(tmp_path, reader):
+    # Both readers share one check (the knowledge source reader accepted any value before),
+    # and it fires at the call, not at the first page.
+    path = _write_lines(tmp_path / "ks.jsonl", [_page("1")])
+    with pytest.raises(ValueError) as ei:
+        reader(path, on_error="ignore")
+    assert str(ei.value) == "on_error must be 'raise' or 'skip', got 'ignore'"
+    assert check_on_error("skip") == "skip"
+
+
 def test_record_parsing_details(tmp_path):
     prov = [{"wikipedia_id": 42, "title": "T", "start_paragraph_id": "3", "start_character": 5,
              "end_paragraph_id": 4, "end_character": 1.0, "bleu_score": "0.25",
@@ -382,3 +400,86 @@ def test_write_jsonl_overwrites_atomically(tmp_path):
     assert rec.id == "b" and rec.input == "ü"
     assert "ü" in path.read_text(encoding="utf-8")  # written as UTF-8, not \u-escaped
     assert [p.name for p in tmp_path.iterdir()] == ["g.jsonl"]
+
+
+def _old_file(tmp_path) -> Path:
+    path = tmp_path / "g.jsonl"
+    write_jsonl(path, [guess_record("old", [{"wikipedia_id": "1"}])])
+    return path
+
+
+def _records_then(err: BaseException):
+    """Two records, then ``err`` raised by the iterator itself."""
+    yield guess_record("a", [{"wikipedia_id": "1"}])
+    yield guess_record("b", [{"wikipedia_id": "2"}])
+    raise err
+
+
+def test_write_jsonl_disk_full_removes_tmp_and_keeps_old_file(tmp_path):
+    path = _old_file(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(OSError) as ei:
+        write_jsonl(path, _records_then(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    assert ei.value.errno == errno.ENOSPC
+    assert str(ei.value) == f"[Errno {errno.ENOSPC}] writing {path}: {os.strerror(errno.ENOSPC)}"
+    assert [p.name for p in tmp_path.iterdir()] == ["g.jsonl"] and path.read_bytes() == before
+
+
+class _FullDisk:
+    """A text file whose writes fail with ENOSPC once ``budget`` characters are written."""
+
+    def __init__(self, f, budget: int):
+        self.f, self.budget = f, budget
+
+    def write(self, text: str) -> int:
+        if len(text) > self.budget:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.budget -= len(text)
+        return self.f.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+def test_write_jsonl_write_failure_removes_tmp_and_keeps_old_file(tmp_path, monkeypatch):
+    path = _old_file(tmp_path)
+    before = path.read_bytes()
+    opened = []
+
+    def full_open(file, mode="r", **kwargs):
+        opened.append(os.fspath(file))
+        return _FullDisk(builtins.open(file, mode, **kwargs), budget=60)
+
+    monkeypatch.setattr(kilt, "open", full_open, raising=False)
+    records = [guess_record(str(i), [{"wikipedia_id": str(i)}]) for i in range(10)]
+    with pytest.raises(OSError, match=rf"writing {re.escape(str(path))}: No space left") as ei:
+        write_jsonl(path, records)
+    assert ei.value.errno == errno.ENOSPC
+    assert opened and opened[0] != str(path)  # it wrote a temporary file, now gone
+    assert [p.name for p in tmp_path.iterdir()] == ["g.jsonl"] and path.read_bytes() == before
+
+
+@pytest.mark.parametrize("err, exc_type, message", [
+    (OSError("device gone"), OSError, "writing {path}: device gone"),
+    (PermissionError(errno.EACCES, "Permission denied"), PermissionError,
+     "[Errno 13] writing {path}: Permission denied"),
+    (KeyError("boom"), KeyError, "'boom'"),
+], ids=["oserror_without_errno", "permission", "not_an_oserror"])
+def test_write_jsonl_any_failure_cleans_up(tmp_path, err, exc_type, message):
+    path = _old_file(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(exc_type) as ei:
+        write_jsonl(path, _records_then(err))
+    assert str(ei.value) == message.format(path=path)
+    assert [p.name for p in tmp_path.iterdir()] == ["g.jsonl"] and path.read_bytes() == before
+
+
+def test_write_jsonl_unserialisable_record_cleans_up(tmp_path):
+    path = _old_file(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_jsonl(path, [guess_record("a", []), {"id": object()}])
+    assert [p.name for p in tmp_path.iterdir()] == ["g.jsonl"] and path.read_bytes() == before

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import pytest
 
-from multiret_jax.metrics import compute, evaluate, evidence_rank, metric_keys, record_metrics
+from multiret_jax.metrics import (compute, evaluate, evidence_rank, load_jsonl, metric_keys,
+                                  record_metrics)
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kilt_scorer_golden"
 needs_golden = pytest.mark.skipif(
@@ -64,10 +66,15 @@ def test_gold1_guess1_1(rank_keys):
 
 
 @needs_golden
-def test_gold1_guess1_1_missing_rank_key_scores_zero():
-    # No provenance has a "section": gold lists and guess rankings are all empty -> all 0.
-    result = evaluate(GOLDEN_DIR / "gold1.jsonl", GOLDEN_DIR / "guess1_1.jsonl", ks=[1, 5], rank_keys=SECTION)
-    assert result == approx({k: 0 for k in metric_keys([1, 5])})
+def test_gold1_guess1_1_missing_rank_key_is_an_error():
+    # No provenance has a "section": officially every score is 0, silently. Now an error
+    # naming the key, the keys the gold provenance has and the gold file.
+    gold = GOLDEN_DIR / "gold1.jsonl"
+    keys = ["bleu_score", "end_character", "end_paragraph_id", "meta", "start_character",
+            "start_paragraph_id", "title", "wikipedia_id"]
+    with pytest.raises(ValueError) as ei:
+        evaluate(gold, GOLDEN_DIR / "guess1_1.jsonl", ks=[1, 5], rank_keys=SECTION)
+    assert str(ei.value) == f"rank key(s) ['section'] in no gold provenance item of {gold}; keys present: {keys}"
 
 
 @needs_golden
@@ -124,15 +131,25 @@ def test_overlapping_evidence_sets():
     assert rank == [True, True]
 
 
-def test_compute_and_provenance_ids():
+def test_compute_and_provenance_ids(caplog):
     gold = [{"id": 7, "output": [{"answer": "x"},  # no provenance: Rprec list [] and no set
                                  {"provenance": [{"wikipedia_id": 1, "section": " s "},
-                                                 {"wikipedia_id": "2"}]}]}]  # 2nd lacks section: skipped
+                                                 {"wikipedia_id": "2"}]}]}]  # 2nd lacks section
     guess = [{"id": "7 ", "output": [{"provenance": [{"wikipedia_id": "1", "section": "s"}]}]}]
-    result = compute(gold, guess, ks=[1, 5], rank_keys=SECTION)
+    # The item lacking "section" is an error by default ...
+    with pytest.raises(ValueError, match=r"^gold records: gold record '7', output 1, provenance "
+                                         r"item 1 lacks rank key\(s\) 'section'"):
+        compute(gold, guess, ks=[1, 5], rank_keys=SECTION)
+    # ... and skipped, as officially, with one warning, on request.
+    with caplog.at_level(logging.WARNING, logger="multiret_jax.metrics.kilt_retrieval"):
+        result = compute(gold, guess, ks=[1, 5], rank_keys=SECTION, on_error="skip")
     assert result == approx({"Rprec": 1, "precision@1": 1, "precision@5": Fraction(1, 5),
                              "recall@5": 1, "success_rate@5": 1})
-    assert compute([], [], ks=[1]) == {"Rprec": 0.0, "precision@1": 0.0}
+    assert caplog.messages == ["1 gold provenance item(s) skipped in gold records: "
+                               "1 without 'section' (first: record '7')"]
+    # No gold records: nothing to score is an error, not all zeros.
+    with pytest.raises(ValueError, match="no gold records in gold records"):
+        compute([], [], ks=[1])
     with pytest.raises(ValueError, match="aligned"):
         compute(gold, [{"id": 8, "output": [{"provenance": []}]}], ks=[1])
     with pytest.raises(ValueError, match="positive"):
@@ -234,3 +251,181 @@ def test_rprec_matches_set_based_reference():
             gold.append(None if rng.random() < 0.15 else [rng.choice(alphabet) for _ in range(rng.randint(0, 4))])
         got = record_metrics(guess, gold, ks=[1])["Rprec"]
         assert got == pytest.approx(reference_rprec(guess, gold), abs=1e-12), (guess, gold)
+
+
+# --- bad input never passes silently (files written in tmp_path) ---------------------------
+
+LOGGER = "multiret_jax.metrics.kilt_retrieval"
+
+
+def prov_rec(rid, *items):
+    """A record with one output whose provenance is ``items`` as given (any JSON value)."""
+    return {"id": rid, "output": [{"provenance": list(items)}]}
+
+
+def warnings_of(caplog) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+
+
+def test_rank_key_in_no_gold_provenance_names_key_present_keys_and_file(tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [prov_rec("q1", {"wikipedia_id": "a", "title": "A"})])
+    guess = write_jsonl(tmp_path / "guess.jsonl", [rec("q1", ["a"])])
+    with pytest.raises(ValueError) as ei:
+        evaluate(gold, guess, rank_keys=["wikipedia"])
+    assert str(ei.value) == (f"rank key(s) ['wikipedia'] in no gold provenance item of {gold}; "
+                             "keys present: ['title', 'wikipedia_id']")
+    with pytest.raises(ValueError, match=r"rank key\(s\) \['section', 'x'\] in no gold provenance"):
+        evaluate(gold, guess, rank_keys=["wikipedia_id", "section", "x"])
+    with pytest.raises(ValueError, match=r"\['wikipedia'\].*gold records; keys present"):
+        compute(load_jsonl(gold), load_jsonl(guess), rank_keys="wikipedia")
+
+
+def test_gold_without_any_provenance_is_an_error(tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"id": "q1", "output": [{"answer": "x"}]},
+                                                 prov_rec("q2")])
+    guess = write_jsonl(tmp_path / "guess.jsonl", [rec("q1", ["a"]), rec("q2", ["a"])])
+    with pytest.raises(ValueError, match=rf"no gold provenance item .* in {re.escape(str(gold))} "
+                                         r"\(2 records\): nothing to score"):
+        evaluate(gold, guess)
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"], ids=["empty", "blank_lines"])
+def test_empty_gold_file_is_an_error(tmp_path, content):
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(content, encoding="utf-8")
+    guess = write_jsonl(tmp_path / "guess.jsonl", [rec("q1", ["a"])])
+    with pytest.raises(ValueError) as ei:
+        evaluate(gold, guess)
+    assert str(ei.value) == f"gold file {gold} has no records: nothing to score"
+
+
+def _gold_missing_paragraph_ids(tmp_path) -> Path:
+    """q1 complete; q2 (line 3, after a blank line) has two items without paragraph ids."""
+    full = {"wikipedia_id": "a", "start_paragraph_id": 1, "end_paragraph_id": 1}
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps(prov_rec("q1", full)) + "\n\n"
+                    + json.dumps(prov_rec("q2", full, {"wikipedia_id": "b"}, {"wikipedia_id": "c"}))
+                    + "\n", encoding="utf-8")
+    return path
+
+
+def test_gold_item_without_rank_key_raises_naming_file_line_record(tmp_path):
+    gold = _gold_missing_paragraph_ids(tmp_path)
+    guess = write_jsonl(tmp_path / "guess.jsonl", [prov_rec("q1"), prov_rec("q2")])
+    with pytest.raises(ValueError) as ei:
+        evaluate(gold, guess, rank_keys=PASSAGE)
+    assert str(ei.value) == (
+        f"{gold}:3: gold record 'q2', output 0, provenance item 1 lacks rank key(s) "
+        "'start_paragraph_id', 'end_paragraph_id': {'wikipedia_id': 'b'} "
+        "(on_error='skip' drops such items, as the official scorer does)")
+
+
+def test_gold_item_without_rank_key_skipped_with_one_warning(tmp_path, caplog):
+    gold = _gold_missing_paragraph_ids(tmp_path)
+    guess = write_jsonl(tmp_path / "guess.jsonl", [
+        prov_rec("q1", {"wikipedia_id": "a", "start_paragraph_id": 1, "end_paragraph_id": 1}),
+        prov_rec("q2", {"wikipedia_id": "a", "start_paragraph_id": 1, "end_paragraph_id": 1})])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        result = evaluate(gold, guess, ks=[1], rank_keys=PASSAGE, on_error="skip")
+    assert warnings_of(caplog) == [
+        f"2 gold provenance item(s) skipped in {gold}: 2 without 'start_paragraph_id', "
+        "'end_paragraph_id' (first: line 3, record 'q2')"]
+    assert result == {"Rprec": 1.0, "precision@1": 1.0}  # as officially: only "a+1+1" is gold
+
+
+def test_guess_item_not_an_object_raises_naming_file_line_record(tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [rec("q1", ["a"]), rec("q2", ["b"])])
+    guess = write_jsonl(tmp_path / "guess.jsonl", [
+        rec("q1", ["a"]), prov_rec("q2", {"wikipedia_id": "b"}, "Berlin")])
+    with pytest.raises(ValueError) as ei:
+        evaluate(gold, guess)
+    assert str(ei.value) == (f"{guess}:2: guess record 'q2', output 0, provenance item 1 is not a "
+                             "JSON object: 'Berlin' (on_error='skip' drops such items, as the "
+                             "official scorer does)")
+    # A string that contains a rank key used to crash with a TypeError.
+    guess = write_jsonl(tmp_path / "guess.jsonl", [rec("q1", ["a"]), prov_rec("q2", "wikipedia_id b")])
+    with pytest.raises(ValueError, match=r"guess\.jsonl:2: guess record 'q2', output 0, provenance "
+                                         r"item 0 is not a JSON object"):
+        evaluate(gold, guess)
+
+
+def test_bad_provenance_items_skipped_one_warning_per_file(tmp_path, caplog):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [
+        prov_rec("q1", {"wikipedia_id": "a"}, ["a"]),        # a list: not an object
+        prov_rec("q2", {"wikipedia_id": "b"}, {"title": "B"})])  # no wikipedia_id
+    guess = write_jsonl(tmp_path / "guess.jsonl", [
+        prov_rec("q1", "x", {"wikipedia_id": "a"}, 7),       # two non-objects
+        prov_rec("q2", {"title": "no id"}, {"wikipedia_id": "b"})])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        result = evaluate(gold, guess, ks=[1], on_error="skip")
+    assert result == {"Rprec": 1.0, "precision@1": 1.0}
+    assert warnings_of(caplog) == [
+        f"2 gold provenance item(s) skipped in {gold}: 1 not a JSON object, 1 without "
+        "'wikipedia_id' (first: line 1, record 'q1')",
+        f"3 guess provenance item(s) skipped in {guess}: 2 not a JSON object, 1 without "
+        "'wikipedia_id' (first: line 1, record 'q1')"]
+    with pytest.raises(ValueError, match=r"gold\.jsonl:1: gold record 'q1', output 0, provenance "
+                                         r"item 1 is not a JSON object: \['a'\]"):
+        evaluate(gold, guess, ks=[1])
+
+
+def test_guess_item_without_rank_key_raises(tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [rec("q1", ["a"])])
+    guess = write_jsonl(tmp_path / "guess.jsonl", [prov_rec("q1", {"title": "A"})])
+    with pytest.raises(ValueError, match=r"guess\.jsonl:1: guess record 'q1', output 0, provenance "
+                                         r"item 0 lacks rank key\(s\) 'wikipedia_id'"):
+        evaluate(gold, guess)
+
+
+def test_on_error_must_be_known(tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", [rec("q1", ["a"])])
+    message = "on_error must be 'raise' or 'skip', got 'ignore'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate(gold, gold, on_error="ignore")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compute([rec("q1", ["a"])], [rec("q1", ["a"])], on_error="ignore")
+
+
+def test_malformed_structure_names_file_line_record(tmp_path):
+    guess = write_jsonl(tmp_path / "guess.jsonl", [rec("q1", ["a"])])
+    gold = write_jsonl(tmp_path / "gold.jsonl",
+                       [rec("q0", ["a"]), {"id": "q1", "output": [{"provenance": None}]}])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(gold))}:2: gold record 'q1', output 0: "
+                                         r"'provenance' must be a list, got NoneType"):
+        evaluate(gold, guess)
+    gold = write_jsonl(tmp_path / "gold.jsonl", [rec("q1", ["a"])])
+    guess = write_jsonl(tmp_path / "guess.jsonl", [rec("q1", ["a"]), {"output": []}])
+    with pytest.raises(ValueError, match=r"guess\.jsonl:2: guess record without an 'id'"):
+        evaluate(gold, guess)
+    guess = write_jsonl(tmp_path / "guess.jsonl", [{"id": "q1", "output": [{"answer": "x"}]}])
+    with pytest.raises(ValueError, match=r"guess\.jsonl:1: guess record 'q1' must have exactly one "
+                                         r"output with provenance, has 0"):
+        evaluate(gold, guess)
+
+
+def test_load_jsonl_non_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(json.dumps(rec("q1", ["a"])).encode() + b"\n" + b'{"id": "\xff"}\n')
+    with pytest.raises(ValueError) as ei:
+        load_jsonl(path)
+    assert str(ei.value) == f"{path}:2: invalid UTF-8 (at byte 8 of the line)"
+    gold = write_jsonl(tmp_path / "gold.jsonl", [rec("q1", ["a"])])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: invalid UTF-8"):
+        evaluate(gold, path)
+
+
+@pytest.mark.parametrize("line, kind", [("[1, 2]", "list"), ('"x"', "str"), ("3", "int"),
+                                        ("null", "NoneType")])
+def test_load_jsonl_non_object_line_names_file_and_line(tmp_path, line, kind):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(rec("q1", ["a"])) + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as ei:
+        load_jsonl(path)
+    assert str(ei.value) == f"{path}:2: record must be a JSON object, got {kind}"
+
+
+def test_load_jsonl_with_lines(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n" + json.dumps({"id": 1}) + "\n\n" + json.dumps({"id": 2}) + "\n", encoding="utf-8")
+    assert load_jsonl(path) == [{"id": 1}, {"id": 2}]
+    assert load_jsonl(path, with_lines=True) == [(2, {"id": 1}), (4, {"id": 2})]

@@ -3,6 +3,7 @@ non-finite steps instead of applying them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -17,6 +18,8 @@ from multiret_jax.data import minikilt
 from multiret_jax.data.tasks import KILT_TASK_NAMES
 from multiret_jax.gin_utils import parse_gin
 from multiret_jax.train import train
+from multiret_jax.training.checkpointing import UnreadableCheckpoint
+from multiret_jax.training.run_config import ConfigChangedError
 
 FAST = dict(global_batch=16, passage_len=64, query_len=32, eval_every=1000)
 # Input checks come before any step: halt_after=0 keeps a missing check from training.
@@ -112,15 +115,65 @@ def tiny_checkpoint(tmp_path_factory, data_dir):
     "build_biencoder.shared = True",
 ], ids=["hidden_size", "num_layers", "shared_tower"])
 def test_checkpoint_of_another_architecture(tmp_path, data_dir, tiny_checkpoint, binding):
+    """The changed configuration is refused first (every file kept); with
+    allow_config_change the checkpoint's shapes are compared and the mismatch named."""
     model_dir = tmp_path / "run"
     shutil.copytree(tiny_checkpoint, model_dir)
+    before = tree_digest(model_dir)
     parse_gin(["models/bert_tiny.gin"], [binding])
+    with pytest.raises(ConfigChangedError, match="build_biencoder"):
+        train(model_dir=str(model_dir), data_dir=str(data_dir), steps=4, halt_after=2, **FAST)
+    assert tree_digest(model_dir) == before
     with pytest.raises(ValueError) as e:
         train(model_dir=str(model_dir), data_dir=str(data_dir), steps=4, halt_after=2,
-              **FAST)
+              allow_config_change=True, **FAST)
     msg = str(e.value)
     assert str(model_dir / "checkpoints") in msg, msg
     assert "architecture" in msg, msg
+
+
+def tree_digest(root) -> dict:
+    """{relative path: sha256} of every file under ``root``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_changed_config_on_resume_is_refused_then_kept_beside(tmp_path, data_dir,
+                                                              tiny_checkpoint):
+    """A non-shape change (the query marker) used to resume silently and rewrite config.gin
+    with a marker the model never trained with: now it fails naming the binding and both
+    values, touching nothing; --allow_config_change resumes and keeps the old config."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, model_dir)
+    before = tree_digest(model_dir)
+    old_config = (model_dir / "config.gin").read_text()
+    parse_gin(["models/bert_tiny.gin"], ['train.marker = "none"'])
+    with pytest.raises(ConfigChangedError) as e:
+        train(model_dir=str(model_dir), data_dir=str(data_dir), steps=4, halt_after=2, **FAST)
+    msg = str(e.value)
+    assert "train.marker: (unset) -> 'none'" in msg and "--allow_config_change" in msg, msg
+    assert str(model_dir / "config.gin") in msg
+    assert tree_digest(model_dir) == before
+    train(model_dir=str(model_dir), data_dir=str(data_dir), steps=4, halt_after=2,
+          allow_config_change=True, **FAST)
+    assert (model_dir / "config.1.gin").read_text() == old_config
+    assert "train.marker = 'none'" in (model_dir / "config.gin").read_text()
+
+
+def test_unreadable_checkpoint_names_step_and_directory(tmp_path, data_dir, tiny_checkpoint):
+    """The only checkpoint damaged: a clear error naming the step and its directory (no
+    intact step to fall back to), instead of an opaque TensorStore error."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, model_dir)
+    for path in (model_dir / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(b"damaged")
+    parse_gin(["models/bert_tiny.gin"], [])
+    with pytest.raises(UnreadableCheckpoint) as e:
+        train(model_dir=str(model_dir), data_dir=str(data_dir), steps=4, halt_after=2, **FAST)
+    msg = str(e.value)
+    assert "no intact checkpoint" in msg and "step 2" in msg, msg
+    assert str(model_dir / "checkpoints" / "2") in msg, msg
 
 
 # e. non-finite losses ----------------------------------------------------------------------

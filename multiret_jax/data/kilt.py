@@ -14,11 +14,14 @@ Formats (Petroni et al. 2021, https://github.com/facebookresearch/KILT):
 
 Everything streams: the real knowledge source is 35 GB. Every record is validated; bad
 input raises :class:`KiltFormatError` naming file and line, or, with ``on_error="skip"``,
-is counted in a :class:`ReadStats` and logged.
+is counted in a :class:`ReadStats` and logged (:func:`check_on_error` validates the choice
+for every reader). :func:`write_jsonl` writes atomically: a failed write leaves no
+temporary file and the old file untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +33,20 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+
+ON_ERROR_CHOICES: Tuple[str, ...] = ("raise", "skip")
+
+
+def check_on_error(on_error: str) -> str:
+    """Validates an ``on_error`` choice (``"raise"`` or ``"skip"``) and returns it.
+
+    Raises:
+      ValueError: ``on_error must be 'raise' or 'skip', got 'ignore'``.
+    """
+    if on_error not in ON_ERROR_CHOICES:
+        allowed = " or ".join(repr(c) for c in ON_ERROR_CHOICES)
+        raise ValueError(f"on_error must be {allowed}, got {on_error!r}")
+    return on_error
 
 
 class KiltFormatError(ValueError):
@@ -105,8 +122,9 @@ class ReadStats:
         log.warning("skipping %s", err)
 
 
-def _iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any, Optional[str]]]:
-    """Yields (line_no, object, error) for each non-blank line; decodes strictly as UTF-8."""
+def iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any, Optional[str]]]:
+    """Yields ``(line_no, object, error)`` for each non-blank line (1-based line numbers);
+    decodes strictly as UTF-8. ``error`` (object None) says why a line is unreadable."""
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             try:
@@ -204,13 +222,20 @@ def iter_records(path: PathLike, *, on_error: str = "raise", require_input: bool
       stats: filled with counts when given.
     Yields:
       ``KiltRecord`` in file order. Duplicate ids are bad input too.
+    Raises:
+      ValueError: at the call, for an unknown ``on_error`` (see :func:`check_on_error`).
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_on_error(on_error)
+    return _iter_records(path, on_error, require_input, require_output, stats)
+
+
+def _iter_records(path: PathLike, on_error: str, require_input: bool, require_output: bool,
+                  stats: Optional[ReadStats]) -> Iterator[KiltRecord]:
+    """The generator behind :func:`iter_records` (arguments already validated)."""
     stats = stats if stats is not None else ReadStats()
     stats.path = str(path)
     seen: Dict[str, int] = {}
-    for line_no, obj, err in _iter_json_lines(path):
+    for line_no, obj, err in iter_json_lines(path):
         try:
             if err:
                 raise ValueError(err)
@@ -239,12 +264,19 @@ def iter_knowledge_source(path: PathLike, *, on_error: str = "raise",
     """Streams pages of a KILT knowledge source (``text[0]`` is the title).
 
     Validates ``wikipedia_id`` (unique), ``text`` (a non-empty list of strings); the title
-    comes from ``wikipedia_title`` or, when absent, ``text[0]``.
+    comes from ``wikipedia_title`` or, when absent, ``text[0]``. ``on_error`` and ``stats``
+    as in :func:`iter_records`; an unknown ``on_error`` raises ``ValueError`` at the call.
     """
+    check_on_error(on_error)
+    return _iter_pages(path, on_error, stats)
+
+
+def _iter_pages(path: PathLike, on_error: str, stats: Optional[ReadStats]) -> Iterator[Page]:
+    """The generator behind :func:`iter_knowledge_source` (arguments already validated)."""
     stats = stats if stats is not None else ReadStats()
     stats.path = str(path)
     seen: set = set()
-    for line_no, obj, err in _iter_json_lines(path):
+    for line_no, obj, err in iter_json_lines(path):
         try:
             if err:
                 raise ValueError(err)
@@ -288,15 +320,50 @@ def guess_record(record_id: str, provenance: Sequence[Dict[str, Any]], *,
 
 
 def write_jsonl(path: PathLike, records: Iterable[dict]) -> int:
-    """Writes records as UTF-8 JSONL atomically (tmp file + rename); returns the count."""
+    """Writes records as UTF-8 JSONL atomically (tmp file + rename); returns the count.
+
+    On any failure (the disk full, a record that is not JSON-serialisable, an error raised
+    by ``records`` itself) the temporary file is removed and the file at ``path``, if any,
+    is left as it was.
+
+    Raises:
+      OSError: an IO failure, re-raised with the same errno (so the same subclass) and a
+        message naming ``path``, e.g. ``[Errno 28] writing out/g.jsonl: No space left on
+        device``.
+    """
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        n = _write_lines(tmp, records)
+        os.replace(tmp, path)
+    except BaseException as e:
+        _remove_quietly(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
+        raise
+    return n
+
+
+def _write_lines(tmp: str, records: Iterable[dict]) -> int:
+    """Writes one JSON line per record to ``tmp``; returns the count."""
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False))
             f.write("\n")
             n += 1
-    os.replace(tmp, path)
     return n
+
+
+def _remove_quietly(path: str) -> None:
+    """Removes ``path`` if it exists; a failure to remove never hides the original error."""
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _naming(err: OSError, path: str) -> OSError:
+    """``err`` as a new OSError whose message names ``path`` (errno, hence subclass, kept)."""
+    if err.errno is None:
+        return OSError(f"writing {path}: {err}")
+    return OSError(err.errno, f"writing {path}: {err.strerror or err}")

@@ -44,6 +44,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from absl import app, flags
 
 from multiret_jax import cli, tables
+from multiret_jax.outputs import read_json
 
 METRIC_HELP = ("page_rprec, passage_rprec, page_recall@K, passage_recall@K, page_success@K, "
                "passage_success@K, page_precision@K, passage_precision@K (K >= 2 for recall "
@@ -119,8 +120,10 @@ def load_run(name: str, spec: str) -> Run:
         raise FileNotFoundError(f"run {name!r}: {path} is neither an evaluate.py output "
                                 "directory (results.json) nor a training model_dir "
                                 "(summary.json), nor one of those files")
-    with open(found) as f:
-        data = json.load(f)
+    data = read_json(found)
+    if not isinstance(data, dict):
+        raise ValueError(f"run {name!r}: {found} holds a JSON {type(data).__name__}, not the "
+                         "object evaluate.py / train.py write")
     if isinstance(data.get("tasks"), dict):  # evaluate.py results.json
         if which:
             raise ValueError(f"run {name!r}: #initial applies to training runs, {found} is "

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from multiret_jax import cli
 
 from multiret_jax.multitask import analysis

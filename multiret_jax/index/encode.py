@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 

@@ -16,20 +16,39 @@ Restoring goes into the structure, dtypes and shardings of ``target``: a concret
 ``jax.eval_shape`` output (``jax.ShapeDtypeStruct`` leaves; their ``.sharding`` is honoured).
 NamedTuple and other container types come from ``target``. Before reading any array the
 saved shapes are compared to ``target``'s; a mismatch (another architecture) raises a
-``ValueError`` naming the first differing parameter path and both shapes.
+``ValueError`` (``ArchitectureMismatch``) naming the first differing parameter path and both
+shapes.
+
+A checkpoint that cannot be read (a truncated or corrupted file, a crash during a
+copy) is named with its step and directory by ``restore``; ``restore_intact`` (what a
+resuming run calls) then falls back to the previous intact step with a warning (``keep``
+>= 2 keeps one), moving the unreadable step aside as ``<step>.unreadable`` so the run can
+save that step again, and fails only when no step is intact.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Mapping, Optional, Tuple
+import os
+from typing import Any, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-__all__ = ["Checkpointer"]
+__all__ = ["ArchitectureMismatch", "Checkpointer", "UnreadableCheckpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class ArchitectureMismatch(ValueError):
+    """The checkpoint was saved from another architecture (shapes or parameters differ)."""
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint step whose files cannot be read (names the step and its directory)."""
 
 _STATE, _META = "state", "metadata"
 
@@ -145,16 +164,16 @@ class Checkpointer:
             shape = want[path]
             name = "/".join(path)
             if path not in saved_shapes:
-                raise ValueError(f"checkpoint step {step} in {self.directory} has no "
+                raise ArchitectureMismatch(f"checkpoint step {step} in {self.directory} has no "
                                  f"parameter {name!r} (wanted shape {shape}): it was saved "
                                  f"from another architecture")
             if saved_shapes[path] != shape:
-                raise ValueError(f"checkpoint step {step} in {self.directory}: parameter "
+                raise ArchitectureMismatch(f"checkpoint step {step} in {self.directory}: parameter "
                                  f"{name!r} has shape {saved_shapes[path]} in the checkpoint "
                                  f"but {shape} in the target (another architecture?)")
         extra = sorted(set(saved_shapes) - set(want), key=lambda p: (p[:1] != ("params",), p))
         if extra:
-            raise ValueError(f"checkpoint step {step} in {self.directory} has parameter "
+            raise ArchitectureMismatch(f"checkpoint step {step} in {self.directory} has parameter "
                              f"{'/'.join(extra[0])!r} (shape {saved_shapes[extra[0]]}) that "
                              f"the target lacks: it was saved from another architecture")
 
@@ -182,11 +201,61 @@ class Checkpointer:
             if step is None:
                 raise FileNotFoundError(f"no checkpoint in {self.directory}")
         self.wait()
-        self._check_shapes(step, target)
-        abstract = jax.tree_util.tree_map(_abstract, target)
-        out = self._mgr.restore(step, args=ocp.args.Composite(
-            **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}))
+        try:
+            self._check_shapes(step, target)
+            abstract = jax.tree_util.tree_map(_abstract, target)
+            out = self._mgr.restore(step, args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}))
+        except ArchitectureMismatch:
+            raise
+        except Exception as e:  # tensorstore / JSON / OS errors of damaged files
+            first = " ".join(str(e).split())[:300] or type(e).__name__
+            raise UnreadableCheckpoint(
+                f"checkpoint step {step} is unreadable: files in "
+                f"{os.path.join(str(self.directory), str(step))} are damaged or incomplete "
+                f"({type(e).__name__}: {first})") from e
         return out[_STATE], dict(out[_META] or {})
+
+    def restore_intact(self, target: Any) -> Tuple[Any, dict, int]:
+        """``restore`` of the latest step that can be read: each unreadable newer step is
+        logged, moved aside as ``<step>.unreadable`` and skipped.
+
+        Returns:
+          ``(state, metadata, step)``.
+        Raises:
+          FileNotFoundError: no checkpoint at all.
+          UnreadableCheckpoint: no step is intact (the message lists each step's error).
+          ArchitectureMismatch: the latest readable step is of another architecture.
+        """
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        errors: List[str] = []
+        for step in reversed(steps):
+            try:
+                state, meta = self.restore(step, target)
+            except UnreadableCheckpoint as e:
+                errors.append(str(e))
+                continue
+            for bad in errors:
+                log.warning("%s; resuming from step %d instead", bad, step)
+            self._set_aside(steps[steps.index(step) + 1:])
+            return state, meta, step
+        raise UnreadableCheckpoint(f"no intact checkpoint in {self.directory} (orbax keeps the "
+                                   f"last `keep` steps): " + "; ".join(errors))
+
+    def _set_aside(self, steps: List[int]) -> None:
+        """Renames unreadable step directories to ``<step>.unreadable`` (kept, not deleted),
+        so the resumed run can save those steps again."""
+        for step in steps:
+            path = os.path.join(str(self.directory), str(step))
+            dst, n = path + ".unreadable", 1
+            while os.path.exists(dst):
+                dst, n = f"{path}.unreadable{n}", n + 1
+            os.rename(path, dst)
+            log.warning("moved unreadable checkpoint step %d to %s", step, dst)
+        if steps:
+            self._mgr.reload()
 
     def wait(self) -> None:
         self._mgr.wait_until_finished()
