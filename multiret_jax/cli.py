@@ -106,7 +106,8 @@ def setup_logging(verbosity: Optional[int] = None) -> None:
 
 
 # Errors that a user's input causes: the message says what to fix, a traceback adds nothing.
-USER_ERRORS = (ValueError, KeyError, OSError, EOFError)
+# (SyntaxError: a gin file or --gin_param that does not parse; gin names the line.)
+USER_ERRORS = (ValueError, KeyError, OSError, EOFError, SyntaxError)
 
 
 class UsageError(ValueError):
@@ -117,6 +118,9 @@ def error_message(exc: BaseException) -> str:
     """The message of ``exc`` on one line: a KeyError's quotes and the lines gin adds
     ("In call to configurable ...") dropped."""
     text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+    if isinstance(exc, SyntaxError):
+        text = (f"{exc.filename or 'gin bindings'}:{exc.lineno}: {exc.text or ''} "
+                f"({exc.msg})")
     lines = [ln for ln in str(text).splitlines()
              if not ln.strip().startswith("In call to configurable")]
     return " ".join(" ".join(lines).split()) or type(exc).__name__

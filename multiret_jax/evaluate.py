@@ -306,7 +306,8 @@ def main(argv):
     print(f"guess files, TREC run files and tables in {FLAGS.out_dir}")
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """This command's flags (on absl's global FLAGS)."""
     define_gin_flags()
     flags.DEFINE_string("data_dir", None, "KILT-format benchmark dir (default: generated mini-KILT).")
     flags.DEFINE_string("out_dir", "runs/bm25", "Output directory.")
@@ -314,4 +315,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("split", "dev", "Split to evaluate.")
     flags.DEFINE_enum("on_empty_query", None, ["warn", "fail"], "Empty or blank queries: "
                       "warn with their count and ids (default) or fail.")
-    cli.run(main, "evaluate")
+
+
+TOOL = "evaluate"
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main, TOOL)

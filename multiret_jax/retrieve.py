@@ -215,6 +215,8 @@ def define_flags() -> None:
                       "warn with their count and ids, or fail before encoding.")
 
 
+TOOL = "retrieve"
+
 if __name__ == "__main__":
     define_flags()
-    cli.run(main, "retrieve")
+    cli.run(main, TOOL)

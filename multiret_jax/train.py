@@ -62,6 +62,7 @@ from multiret_jax.models.encoders import build_biencoder
 from multiret_jax.outputs import read_json
 from multiret_jax.models.params_io import PARAMS_FILE, flat_numpy, load_params_into
 from multiret_jax.training import ance, distributed, run_config
+from multiret_jax.training.settings import check_settings
 from multiret_jax.training.checkpointing import Checkpointer
 from multiret_jax.training.inputs import load_task_data, training_tokenizer
 from multiret_jax.training.scalars import ScalarLogger, write_summary
@@ -147,20 +148,23 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         is touched.
     """
     s = Settings(**locals())
+    check_settings(s)  # before any file is touched
     if multihost:
         distributed.initialize(coordinator_address, num_processes, process_id)
     plan = ance.EpisodePlan(steps, ance_episodes, ance_episode_steps)
     main_process = jax.process_index() == 0
     # The run's full configuration, for the tools that load it later: compared with the
-    # saved one first (a changed one fails here, before any file is touched).
-    run_config.check_and_save(model_dir, gin.config_str(), allow_config_change,
-                              write=main_process)
+    # saved one first (a changed one fails here, before any file is touched), written once
+    # the data and the model are known to load.
+    config = gin.config_str()
+    run_config.check_and_save(model_dir, config, allow_config_change, write=False)
     finished = finished_run(model_dir, plan.total_steps)
     if finished is not None and not return_state:
         return finished
     os.makedirs(model_dir, exist_ok=True)
     table, data, bm25, dev = prepare_data(s)
     model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
+    run_config.check_and_save(model_dir, config, allow_config_change, write=main_process)
     mt, tx, schedule = make_optimizer(s, len(data), plan.total_steps)
     run = Run(s, plan, data, table, model, tokenizer, lens, main_process)
     state, state_sh, ckpt, mesh, row_multiple = init_or_restore(s, params, tx, model, plan)
@@ -526,9 +530,16 @@ def final_report(model_dir: str, summary: dict) -> str:
             f"table.*, config.gin, TensorBoard events in tb/) are in {model_dir}")
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """This command's flags (on absl's global FLAGS)."""
     define_gin_flags()
     flags.DEFINE_string("model_dir", None, "Output directory (checkpoints, logs, summary).")
     flags.DEFINE_boolean("allow_config_change", False, "Resume a run whose saved config.gin "
                          "differs (the old one is kept as config.<n>.gin).")
-    cli.run(main, "train")
+
+
+TOOL = "train"
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main, TOOL)

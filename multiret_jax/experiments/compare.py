@@ -287,11 +287,18 @@ def main(argv):
         print("wrote " + ", ".join(write_comparison(FLAGS.out, result)))
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """This command's flags (on absl's global FLAGS)."""
     flags.DEFINE_list("runs", [], "name=dir entries, comma-separated or space-separated.")
     flags.DEFINE_multi_string("run", [], "name=dir (repeatable; alternative to --runs).")
     flags.DEFINE_string("reference", None, "Run name whose row the others are compared to.")
     flags.DEFINE_list("metrics", ["page_rprec"], f"Metrics: {METRIC_HELP}.")
     flags.DEFINE_string("metric", None, "One metric (alias of --metrics).")
     flags.DEFINE_string("out", None, "Output prefix: writes <out>.md, <out>.csv, <out>.json.")
-    cli.run(main, "compare")
+
+
+TOOL = "compare"
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main, TOOL)

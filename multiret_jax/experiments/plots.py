@@ -318,7 +318,8 @@ def main(argv):
     print("wrote " + ", ".join(stats["files"]))
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """This command's flags (on absl's global FLAGS)."""
     from multiret_jax.gin_utils import define_gin_flags
 
     define_gin_flags()
@@ -338,4 +339,10 @@ if __name__ == "__main__":
                        lower_bound=0.0)
     flags.register_validator("step", lambda v: v in ("latest", "best") or v.isdigit(),
                              message="must be latest, best or a step number")
-    cli.run(main, "plots")
+
+
+TOOL = "plots"
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main, TOOL)

@@ -271,7 +271,9 @@ def main(argv):
 
 FLAGS = flags.FLAGS
 
-if __name__ == "__main__":
+
+def define_flags() -> None:
+    """This command's flags (on absl's global FLAGS)."""
     define_gin_flags()
     flags.DEFINE_string("model_dir", None, "Trained run directory.", required=True)
     flags.DEFINE_string("out_dir", None, "Shard directory.", required=True)
@@ -292,4 +294,10 @@ if __name__ == "__main__":
                          lower_bound=1)
     flags.DEFINE_enum("dtype", "float32", DTYPES, "Stored dtype.")
     flags.DEFINE_boolean("overwrite", False, "Replace shards made otherwise.")
-    cli.run(main, "index.encode")
+
+
+TOOL = "index.encode"
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main, TOOL)

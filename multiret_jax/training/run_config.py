@@ -127,7 +127,8 @@ def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
       config_text: the new configuration (``gin.config_str()``).
       allow_change: continue with a changed configuration (the old file is kept as
         ``config.<n>.gin``).
-      write: False on processes other than the main one (they check, never write).
+      write: False to check only (processes other than the main one; a check before
+        the data and model are loaded).
     Returns:
       The list of changes accepted (empty: same configuration), or None for a new run.
     Raises:
@@ -151,7 +152,8 @@ def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
         return []
     listed = "; ".join(changes)
     if not has_training_state(model_dir):
-        log.info("%s: no checkpoint yet, configuration replaced (%s)", path, listed)
+        if write:
+            log.info("%s: no checkpoint yet, configuration replaced (%s)", path, listed)
     elif not allow_change:
         raise ConfigChangedError(
             f"{model_dir} was trained with another configuration ({path}); changed: {listed}. "
@@ -159,8 +161,9 @@ def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
             "--allow_config_change to resume with it (the old config is kept beside it)")
     else:
         kept = _free_name(model_dir)
-        if write:
-            shutil.copyfile(path, kept)
+        if not write:  # a check only: the main process keeps the old file and says so
+            return changes
+        shutil.copyfile(path, kept)
         log.warning("resuming %s with a changed configuration (%s); the previous one is "
                     "kept as %s", model_dir, listed, kept)
     if write:

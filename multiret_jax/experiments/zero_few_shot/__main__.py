@@ -98,7 +98,8 @@ def main(argv):
     run_zero_few_shot(opts)  # a PlanError (ValueError) is one line, exit 2 (cli.run)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """This command's flags (on absl's global FLAGS)."""
     flags.DEFINE_string("out_dir", None, "Output directory (a run dir per stage, table.*).",
                         required=True)
     flags.DEFINE_string("data_dir", None, "KILT-format benchmark (default: the generated "
@@ -132,4 +133,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("jax_cache_dir", None, "JAX persistent compilation cache directory "
                         "for the stages (few-shot stages of one shape then compile once).")
     flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run nothing.")
-    cli.run(main, "zero_few_shot")
+
+
+TOOL = "zero_few_shot"
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main, TOOL)
