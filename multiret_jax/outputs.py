@@ -34,6 +34,12 @@ def staged(out_dir: str) -> Iterator[str]:
     try:
         yield stage
         publish(stage, out_dir)
+    except OSError as e:
+        if e.filename:  # the path is in the message already
+            raise
+        # a write error (disk full) names no file: say where the outputs were going
+        raise OSError(e.errno, f"writing the outputs into {out_dir}: {e.strerror or e}; "
+                      "the previous outputs there are unchanged") from e
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import gin
 import pytest
@@ -79,7 +81,6 @@ def workspace(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     minikilt.generate(str(ws / "mk"), scale=0.05, seed=0)
     cwd = Path.cwd()
-    import os
     os.chdir(ws)
     try:
         data = f"--gin_param=DATA_DIR='{ws / 'mk'}'"
@@ -117,7 +118,6 @@ def lines_of(ws: Path, path: str) -> int:
 def blank_first_query(d: Path) -> None:
     path = d / "nq-dev-kilt.jsonl"
     lines = path.read_text().splitlines(keepends=True)
-    import json
     rec = json.loads(lines[0])
     rec["input"] = "  "
     path.write_text(json.dumps(rec) + "\n" + "".join(lines[1:]))

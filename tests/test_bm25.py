@@ -98,3 +98,20 @@ def test_save_load_roundtrip_and_checksum_guard(tmp_path):
     other = PassageTable.from_pages([Page("9", "X", ("X", "something else"))])
     with pytest.raises(ValueError, match="passage table"):
         BM25Retriever.load(str(tmp_path), other)
+
+
+def test_blank_and_unmatched_queries_are_warned(caplog):
+    """BM25 answers a blank query (and one sharing no term with the corpus) with every
+    score 0 and the table order: that is logged with the count and positions."""
+    table = PassageTable.from_pages([Page("1", "Alpha", ("Alpha", "alpha beta gamma")),
+                                     Page("2", "Delta", ("Delta", "delta epsilon"))])
+    bm25 = BM25Retriever().index(table, show_progress=False)
+    with caplog.at_level("WARNING", logger="multiret_jax.data.bm25"):
+        _, scores = bm25.search(["alpha", "  ", "zzzz unknown"], k=2, show_progress=False)
+    assert scores[0, 0] > 0 and np.all(scores[1:] == 0)
+    assert "1 empty or blank queries (positions [1])" in caplog.text
+    assert "1 more with no term in the corpus (positions [2])" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="multiret_jax.data.bm25"):
+        bm25.search(["alpha delta"], k=2, show_progress=False)
+    assert caplog.text == ""

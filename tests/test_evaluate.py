@@ -144,3 +144,23 @@ def test_empty_task_file_is_noted_under_the_table(small_kilt, tmp_path):
     table = json.loads((tmp_path / "o" / "table.json").read_text())
     row = table["BM25 page R-prec"]
     assert row["fever"] is None and row["Avg"] == pytest.approx(row["nq"])
+
+
+def test_disk_full_names_the_directory_and_leaves_no_staging(small_kilt, tmp_path,
+                                                             monkeypatch):
+    """A write that fails with ENOSPC (results.json here) names where the outputs were
+    going; the staging directory is removed and the earlier outputs are untouched."""
+    import errno
+    out = tmp_path / "out"
+    kw = dict(data_dir=str(small_kilt), out_dir=str(out), tasks=["nq"])
+    evaluate.run_evaluation(**kw)
+    before = _digest(out)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate.json, "dump", full)
+    with pytest.raises(OSError, match=f"writing the outputs into {out}: No space left"):
+        evaluate.run_evaluation(**kw)  # (gin re-raises a copy: errno is not kept)
+    assert _digest(out) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]

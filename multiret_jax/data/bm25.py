@@ -13,6 +13,7 @@ baselines; bm25s's own defaults are k1=1.5, b=0.75.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -22,6 +23,8 @@ import Stemmer
 
 from multiret_jax.data.negatives import filter_negatives
 from multiret_jax.data.passages import PassageTable
+
+log = logging.getLogger(__name__)
 
 
 @gin.configurable
@@ -122,6 +125,7 @@ class BM25Retriever:
                                          show_progress=False)
         rows, scores = self.model.retrieve(tokens, k=k, show_progress=show_progress,
                                            n_threads=self.n_threads)
+        _warn_unmatched(queries, scores)
         return rows.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
 
     def page_ranking(self, rows: np.ndarray, k_pages: Optional[int] = None) -> List[List[str]]:
@@ -149,3 +153,17 @@ class BM25Retriever:
         self._check_indexed()
         return filter_negatives(rows, positives, self.table.page_ids, num,
                                 exclude_gold_pages, gold_pages)
+
+
+def _warn_unmatched(queries: Sequence[str], scores: np.ndarray) -> None:
+    """Logs how many queries are blank, or share no term with the corpus: BM25 scores every
+    passage 0 for them, and their "ranking" is the table order."""
+    blank = [i for i, q in enumerate(queries) if not (q or "").strip()]
+    skip = set(blank)
+    zero = ([int(i) for i in np.flatnonzero(scores[:, 0] <= 0) if int(i) not in skip]
+            if scores.size else [])
+    if blank or zero:
+        log.warning("BM25: %d empty or blank queries (positions %s) and %d more with no "
+                    "term in the corpus (positions %s): every passage scores 0 for them, "
+                    "their rankings are the table order", len(blank), blank[:10], len(zero),
+                    zero[:10])

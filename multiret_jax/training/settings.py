@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from multiret_jax.data.passages import CHUNK_MODES
+from multiret_jax.index.faiss_index import check_index_spec
 
 # train() parameters that must be integers >= the bound (None allowed for the Optional ones).
 _INT_AT_LEAST = {"steps": 0, "global_batch": 1, "num_negatives": 0, "passage_len": 1,
@@ -45,5 +46,10 @@ def check_settings(s: Any) -> None:
         bad.append(f"train.marker must be one of {MARKERS}, got {s.marker!r}")
     if s.chunk_mode not in CHUNK_MODES:
         bad.append(f"train.chunk_mode must be one of {CHUNK_MODES}, got {s.chunk_mode!r}")
+    if s.ance_index_spec:
+        try:
+            check_index_spec(s.ance_index_spec)
+        except ValueError as e:
+            bad.append(f"train.ance_index_spec: {e}")
     if bad:
         raise ValueError("; ".join(bad))
