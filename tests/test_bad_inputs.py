@@ -9,7 +9,8 @@ tool), from a working directory with relative paths, and asserts:
 * that every file that existed before the call is byte-identical after it.
 
 The workspace (module scope) holds a small generated mini-KILT (``mk/``), a finished tiny
-TACO run (``run/``) and a copy of the same run stopped at its first checkpoint (``half/``).
+TACO run (``run/``) and a copy of it without its final files, as if killed after its last
+checkpoint (``half/``).
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ def workspace(tmp_path_factory):
     os.chdir(ws)
     try:
         data = f"--gin_param=DATA_DIR='{ws / 'mk'}'"
-        assert run_cli("train", [*TRAIN, data, "--model_dir=half",
-                                 "--gin_param=train.halt_after=2"]) == 0
-        shutil.copytree(ws / "half", ws / "run")
         assert run_cli("train", [*TRAIN, data, "--model_dir=run"]) == 0
     finally:
         os.chdir(cwd)
     assert (ws / "run" / "final_params.safetensors").is_file()
-    assert not (ws / "half" / "summary.json").exists()
+    # the same run as if killed after its last checkpoint: checkpoints, no final files
+    shutil.copytree(ws / "run", ws / "half", ignore=shutil.ignore_patterns(
+        "summary.json", "final_params.safetensors", "table.*"))
+    assert sorted(p.name for p in (ws / "half" / "checkpoints").iterdir()) == ["2", "4"]
     return ws
 
 
@@ -123,8 +124,8 @@ def blank_first_query(d: Path) -> None:
     path.write_text(json.dumps(rec) + "\n" + "".join(lines[1:]))
 
 
-def damage_checkpoint(d: Path) -> None:
-    for p in (d / "checkpoints" / "2" / "state").rglob("*"):
+def damage_checkpoints(d: Path) -> None:
+    for p in (d / "checkpoints").rglob("*"):
         if p.is_file() and p.parent.name == "d":
             p.write_bytes(b"damaged")
 
@@ -176,8 +177,9 @@ CASES = [
     ("train-damaged-summary", "train", [*TRAIN, DATA, "--model_dir=run3"],
      ["run3/summary.json:1", "not valid JSON"],
      copy_of("run", "run3", lambda d: (d / "summary.json").write_text('{"steps": 4,'))),
-    ("train-damaged-checkpoint", "train", [*TRAIN, DATA, "--model_dir=half1"],
-     ["checkpoint step 2", "half1/checkpoints/2"], copy_of("half", "half1", damage_checkpoint)),
+    ("train-damaged-checkpoints", "train", [*TRAIN, DATA, "--model_dir=half1"],
+     ["no intact checkpoint", "step 4 is unreadable", "half1/checkpoints/4",
+      "step 2 is unreadable"], copy_of("half", "half1", damage_checkpoints)),
     ("train-bad-flag-value", "train", ["--model_dir=x", "--allow_config_change=maybe"],
      ["--allow_config_change"], None),
     # evaluate

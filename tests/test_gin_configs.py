@@ -109,6 +109,7 @@ def test_taco_tiny_runs_ance_and_learns(tmp_path):
     assert summary["completed_steps"] == 60 + 2 * 10
 
 
+@pytest.mark.slow  # 80 s; tests/test_zero_few_shot.py runs the same two stages by default
 def test_leave_one_out_then_few_shot_tiny(tmp_path):
     loo = _run(tmp_path, "leave_one_out_tiny.gin", 20, ["HELD_OUT = 'fever'"])
     assert "fever" not in loo["tasks"] and "fever" in loo["validation"]["tasks"]

@@ -105,6 +105,7 @@ def test_index_and_search(tmp_path):
     assert len(res["guess_files"]) == 8
 
 
+@pytest.mark.slow  # 200 s on 2 cores; the README main job (CI) trains the same model and data
 def test_quickstart(tmp_path):
     _, res, work = execute("quickstart.ipynb", tmp_path)
     run, retrieval = Path(res["model_dir"]), Path(res["retrieval_dir"])

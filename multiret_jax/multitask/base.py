@@ -18,12 +18,15 @@ Extra keyword arguments a method may use: ``task_losses`` [K] (GradNorm), ``task
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import gin
 import jax
 import jax.numpy as jnp
 import optax
+
+from multiret_jax.multitask import _checks as C
 
 METHODS: Dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {}
 
@@ -36,13 +39,35 @@ def register_method(name: str):
     return wrap
 
 
+class UnknownMethodError(KeyError, ValueError):
+    """An unknown multitask method name (a KeyError, and a ValueError like every other
+    bad multitask argument)."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
 def get_method(name: str, **kwargs) -> optax.GradientTransformationExtraArgs:
-    """Builds the registered multitask transform ``name`` with ``kwargs``."""
-    try:
-        ctor = METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown multitask method {name!r}; known: {sorted(METHODS)}") from None
+    """Builds the registered multitask transform ``name`` with ``kwargs``.
+
+    Raises:
+      UnknownMethodError (a KeyError and a ValueError): ``name`` is not registered.
+      ValueError: a keyword the method does not take, or a bad value (the method's own
+        construction-time checks).
+    """
+    ctor = METHODS.get(name) if isinstance(name, str) else None
+    if ctor is None:
+        raise UnknownMethodError(f"unknown multitask method {name!r}; known: {sorted(METHODS)}")
+    allowed = _arg_names(ctor)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown argument(s) {unknown}; allowed: {allowed}")
     return ctor(**kwargs)
+
+
+def _arg_names(ctor: Callable[..., Any]) -> list:
+    return [p.name for p in inspect.signature(ctor).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 @gin.configurable("multitask")
@@ -59,12 +84,34 @@ def build_method(method: str = "naive", num_tasks: Optional[int] = None,
       total_steps: the run's length (the trainer passes it).
     Returns:
       The multitask transform.
+    Raises:
+      ValueError: ``options`` not a dict, a bad ``num_tasks`` / ``total_steps`` /
+        ``burn_in_fraction`` (a finite number in [0, 1]), ``burn_in_fraction`` together
+        with ``burn_in_steps`` or ``num_tasks`` inside ``options``, or any of
+        ``get_method``'s errors (UnknownMethodError for an unknown name).
     """
+    where = f"multitask.build_method({method!r})"
+    C.check_optional_int(where, "num_tasks", num_tasks, low=1)
+    C.check_optional_int(where, "total_steps", total_steps, low=1)
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"{where}: options must be None or a dict of {method}'s arguments, "
+                         f"got {options!r}")
     opts = dict(options or {})
+    if "num_tasks" in opts:
+        raise ValueError(f"{where}: num_tasks must be given as multitask.num_tasks, not in "
+                         f"options, got options={opts!r}")
     if "burn_in_fraction" in opts:
+        fraction = opts.pop("burn_in_fraction")
+        C.check_real(where, "burn_in_fraction", fraction, low=0.0, high=1.0)
+        if method in METHODS and "burn_in_steps" not in _arg_names(METHODS[method]):
+            raise ValueError(f"{where}: burn_in_fraction is an option of methods with "
+                             f"burn_in_steps (taco), not of {method}, got {fraction!r}")
+        if "burn_in_steps" in opts:
+            raise ValueError(f"{where}: options set both burn_in_fraction ({fraction!r}) and "
+                             f"burn_in_steps ({opts['burn_in_steps']!r}); give one")
         if total_steps is None:
             raise ValueError(f"multitask.options burn_in_fraction needs total_steps ({method})")
-        opts["burn_in_steps"] = int(round(float(opts.pop("burn_in_fraction")) * total_steps))
+        opts["burn_in_steps"] = int(round(float(fraction) * total_steps))
     return get_method(method, num_tasks=num_tasks, **opts)
 
 
@@ -124,7 +171,8 @@ _num_tasks = num_tasks
 
 
 class NaiveState(NamedTuple):
-    """Naive mixing keeps no state beyond a step count (for logging)."""
+    """Naive mixing keeps no state beyond a step count (for logging; skipped steps are
+    not counted)."""
     count: jax.Array
 
 
@@ -133,15 +181,32 @@ def naive(weights: Optional[Sequence[float]] = None, by_task_counts: bool = Fals
           num_tasks: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
     """Weighted sum of task gradients (MT-DPR's plain multi-task mixing).
 
+    Non-finite inputs: the step reads the stacked gradients (and ``task_counts`` with
+    ``by_task_counts``); if any of them, or the resulting weights or update, holds a NaN
+    or inf (e.g. counts summing to 0), the step is skipped: a zero update and the previous
+    state (``count`` not advanced). ``params`` is not read.
+
     Args:
-      weights: fixed task weights [K] (e.g. N_k / N); None means uniform 1/K.
+      weights: fixed task weights [K] (e.g. N_k / N), finite, >= 0, positive sum; None
+        means uniform 1/K.
       by_task_counts: weight by the ``task_counts`` extra argument of each step
-        (examples of each task in the step, normalised to sum 1) instead.
-      num_tasks: K, checked against the stacked gradients when given (every method
-        accepts it, so a trainer builds any of them the same way).
+        (examples of each task in the step, normalised to sum 1) instead (not together
+        with ``weights``).
+      num_tasks: K >= 1, checked against ``weights`` and the stacked gradients when given
+        (every method accepts it, so a trainer builds any of them the same way).
     Returns:
       A GradientTransformationExtraArgs mapping stacked grads to sum_k w_k g_k.
+    Raises:
+      ValueError: a bad argument, e.g. ``naive: num_tasks must be None or an int >= 1,
+        got 0``.
     """
+    C.check_optional_int("naive", "num_tasks", num_tasks, low=1)
+    C.check_bool("naive", "by_task_counts", by_task_counts)
+    C.check_weights("naive", "weights", weights, num_tasks)
+    if by_task_counts and weights is not None:
+        raise ValueError(f"naive: weights must be None with by_task_counts=True (the "
+                         f"task_counts of each step are the weights), got {weights!r}")
+
     def init_fn(params):
         del params
         return NaiveState(jnp.zeros([], jnp.int32))
@@ -151,17 +216,21 @@ def naive(weights: Optional[Sequence[float]] = None, by_task_counts: bool = Fals
         k = _num_tasks(updates)
         if num_tasks is not None and k != num_tasks:
             raise ValueError(f"naive: built for {num_tasks} tasks, got gradients for {k}")
+        counts = None
         if by_task_counts:
             if task_counts is None:
                 raise ValueError("naive(by_task_counts=True) needs the task_counts extra argument")
-            w = jnp.asarray(task_counts, jnp.float32)
-            w = w / jnp.sum(w)
+            counts = jnp.asarray(task_counts, jnp.float32)
+            w = counts / jnp.sum(counts)
         elif weights is not None:
             w = jnp.asarray(weights, jnp.float32)
             if w.shape != (k,):
                 raise ValueError(f"naive: {w.shape[0]} weights for {k} tasks")
         else:
             w = jnp.full((k,), 1.0 / k, jnp.float32)
-        return weighted_sum(updates, w), NaiveState(state.count + 1)
+        return C.skip_non_finite(
+            C.all_finite(updates, counts),
+            lambda: (weighted_sum(updates, w), NaiveState(state.count + 1), w),
+            lambda: (C.zero_update(updates), state))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

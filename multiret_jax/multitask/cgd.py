@@ -40,13 +40,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from multiret_jax.multitask import _checks as C
 from multiret_jax.multitask.base import num_tasks as _num_tasks
 from multiret_jax.multitask.base import register_method, task_losses_array, weighted_sum
 from multiret_jax.multitask.pcgrad import ParamFilter, task_gram
 
 
 class CGDState(NamedTuple):
-    """CGD state: step count and the task weights alpha [K] on the simplex."""
+    """CGD state: step count and the task weights alpha [K] on the simplex (neither
+    changes on a skipped step)."""
     count: jax.Array  # int32 []
     alpha: jax.Array  # float32 [K]
 
@@ -75,21 +77,39 @@ def cgd(num_tasks: int, step_size: float = 0.05, use_task_losses: bool = True,
     docstring (defaults: s_k = sum_j sqrt(l_k l_j) cos(g_k, g_j), the authors' code).
 
     Args:
-      num_tasks: K (the state holds alpha [K]).
-      step_size: eta, the exponentiated-gradient step on alpha.
+      num_tasks: K >= 1 (the state holds alpha [K]).
+      step_size: eta >= 0, the exponentiated-gradient step on alpha (0: alpha stays
+        uniform).
       use_task_losses: scale the pairwise alignments by (l_k l_j) ** loss_power; the
         ``task_losses`` [K] extra argument is then required.
-      loss_power: exponent of the loss product (0.5: sqrt as the released code).
+      loss_power: exponent >= 0 of the loss product (0.5: sqrt as the released code).
       normalize_grads: cosine similarities instead of raw inner products.
-      min_weight: floor on alpha after each step, then renormalised (so every alpha_k >=
-        min_weight / (1 + K min_weight)); 0 disables.
-      eps: floor on ||g_k|| ||g_j|| in the cosine.
+      min_weight: floor in [0, 1) on alpha after each step, then renormalised (so every
+        alpha_k >= min_weight / (1 + K min_weight)); 0 disables.
+      eps: floor (> 0) on ||g_k|| ||g_j|| in the cosine.
       param_filter: parameter subset for the inner products (see ``pcgrad.select_leaves``;
         the released code uses the top layers); the update always covers all leaves.
     Returns:
       A GradientTransformationExtraArgs with state ``CGDState``; the update of K identical
       task gradients g is g (alpha sums to 1).
+
+    Non-finite values: the step reads the stacked gradients and, with
+    ``use_task_losses``, ``task_losses`` (not ``params``). If any of them, or the Gram
+    matrix, scores, alpha or update it would produce, holds a NaN or inf, the step is
+    skipped: a zero update and the previous state (``count`` and alpha unchanged).
+
+    Raises:
+      ValueError: a bad argument, e.g. ``cgd: num_tasks must be an int >= 1, got None``,
+        ``cgd: step_size must be a finite number >= 0, got nan``.
     """
+    C.check_int("cgd", "num_tasks", num_tasks, low=1)
+    C.check_real("cgd", "step_size", step_size, low=0.0)
+    C.check_bool("cgd", "use_task_losses", use_task_losses)
+    C.check_real("cgd", "loss_power", loss_power, low=0.0)
+    C.check_bool("cgd", "normalize_grads", normalize_grads)
+    C.check_real("cgd", "min_weight", min_weight, low=0.0, high=1.0, high_open=True)
+    C.check_real("cgd", "eps", eps, low=0.0, low_open=True)
+    C.check_param_filter("cgd", "param_filter", param_filter)
     k_expected = int(num_tasks)
 
     def init_fn(params):
@@ -105,12 +125,17 @@ def cgd(num_tasks: int, step_size: float = 0.05, use_task_losses: bool = True,
         losses = None
         if use_task_losses:
             losses = task_losses_array(task_losses, k, "cgd(use_task_losses=True)")
-        s = cgd_scores(task_gram(updates, param_filter), losses, normalize_grads, loss_power,
-                       eps)
-        alpha = jax.nn.softmax(jnp.log(state.alpha) + step_size * s)
-        if min_weight > 0:
-            alpha = jnp.maximum(alpha, min_weight)
-            alpha = alpha / jnp.sum(alpha)
-        return weighted_sum(updates, alpha), CGDState(state.count + 1, alpha)
+
+        def step():
+            gram = task_gram(updates, param_filter)
+            s = cgd_scores(gram, losses, normalize_grads, loss_power, eps)
+            alpha = jax.nn.softmax(jnp.log(state.alpha) + step_size * s)
+            if min_weight > 0:
+                alpha = jnp.maximum(alpha, min_weight)
+                alpha = alpha / jnp.sum(alpha)
+            return weighted_sum(updates, alpha), CGDState(state.count + 1, alpha), (gram, s)
+
+        return C.skip_non_finite(C.all_finite(updates, losses), step,
+                                 lambda: (C.zero_update(updates), state))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -34,13 +34,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from multiret_jax.multitask import _checks as C
 from multiret_jax.multitask.base import num_tasks as _num_tasks
 from multiret_jax.multitask.base import register_method, task_losses_array, weighted_sum
 from multiret_jax.multitask.pcgrad import ParamFilter, task_gram
 
 
 class GradNormState(NamedTuple):
-    """GradNorm state: step count, task weights, the first-step losses, inner opt state."""
+    """GradNorm state: step count, task weights, the first-step losses, inner opt state
+    (none of them changes on a skipped step; L_k(0) is taken at the first applied one)."""
     count: jax.Array           # int32 []
     weights: jax.Array         # float32 [K], sum K
     initial_losses: jax.Array  # float32 [K], L_k(0); zeros until the first update
@@ -69,11 +71,12 @@ def gradnorm(num_tasks: int, alpha: float = 1.5, lr_w: float = 0.025,
     """GradNorm (Chen et al., ICML 2018, Algorithm 1) as a multitask optax transform.
 
     Args:
-      num_tasks: K (the state holds w [K]).
-      alpha: asymmetry; the paper's default 1.5 (0.12 for some of its experiments).
-      lr_w: learning rate of the default weight optimizer ``optax.adam(lr_w)``.
+      num_tasks: K >= 1 (the state holds w [K]).
+      alpha: asymmetry >= 0; the paper's default 1.5 (0.12 for some of its experiments).
+      lr_w: learning rate (> 0) of the default weight optimizer ``optax.adam(lr_w)``.
       weight_optimizer: optax transform stepping w on dL_grad/dw (overrides lr_w).
-      min_weight: floor on each w_k before renormalising to sum K.
+      min_weight: floor in [0, 1) on each w_k before renormalising to sum K (the weights
+        average 1).
       reduction: "sum" (paper: sum_k w_k g_k, sum_k w_k = K) or "mean" (that / K).
       param_filter: the shared parameters W for ||g_k||_W (see ``pcgrad.select_leaves``;
         e.g. the last shared layer as the paper); the update always covers all leaves.
@@ -81,9 +84,25 @@ def gradnorm(num_tasks: int, alpha: float = 1.5, lr_w: float = 0.025,
       A GradientTransformationExtraArgs with state ``GradNormState``. Its update needs the
       ``task_losses`` [K] extra argument. K identical task gradients g give K g ("sum")
       or g ("mean").
+
+    Non-finite values: the step reads the stacked gradients and ``task_losses`` (not
+    ``params``). If any of them, or the task gradient norms, the weight gradient, or the
+    update or new state (weights, L_k(0), the weight optimizer's state) it would
+    produce, holds a NaN or inf, the step is skipped: a zero update and the previous
+    state (``count``, weights, L_k(0) and the weight optimizer's state unchanged; L_k(0)
+    is thus taken at the first step actually applied).
+
+    Raises:
+      ValueError: a bad argument, e.g. ``gradnorm: lr_w must be a finite number > 0,
+        got -0.1``.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"gradnorm: reduction must be 'sum' or 'mean', got {reduction!r}")
+    C.check_int("gradnorm", "num_tasks", num_tasks, low=1)
+    C.check_real("gradnorm", "alpha", alpha, low=0.0)
+    C.check_real("gradnorm", "lr_w", lr_w, low=0.0, low_open=True)
+    C.check_optimizer("gradnorm", "weight_optimizer", weight_optimizer)
+    C.check_real("gradnorm", "min_weight", min_weight, low=0.0, high=1.0, high_open=True)
+    C.check_choice("gradnorm", "reduction", reduction, ("sum", "mean"))
+    C.check_param_filter("gradnorm", "param_filter", param_filter)
     k_expected = int(num_tasks)
     w_opt = weight_optimizer if weight_optimizer is not None else optax.adam(lr_w)
 
@@ -99,15 +118,21 @@ def gradnorm(num_tasks: int, alpha: float = 1.5, lr_w: float = 0.025,
         if k != k_expected:
             raise ValueError(f"gradnorm: built for {k_expected} tasks, got {k}")
         losses = task_losses_array(task_losses, k, "gradnorm")
-        w = state.weights
-        initial = jnp.where(state.count == 0, losses, state.initial_losses)
-        out = weighted_sum(updates, w / k if reduction == "mean" else w)
 
-        norms = jnp.sqrt(jnp.maximum(jnp.diag(task_gram(updates, param_filter)), 0.0))
-        grad_w = gradnorm_weight_grad(w, norms, losses, initial, alpha)
-        step, opt_state = w_opt.update(grad_w, state.weight_opt_state, w)
-        new_w = jnp.maximum(optax.apply_updates(w, step), min_weight)
-        new_w = k * new_w / jnp.sum(new_w)
-        return out, GradNormState(state.count + 1, new_w, initial, opt_state)
+        def step():
+            w = state.weights
+            initial = jnp.where(state.count == 0, losses, state.initial_losses)
+            out = weighted_sum(updates, w / k if reduction == "mean" else w)
+
+            norms = jnp.sqrt(jnp.maximum(jnp.diag(task_gram(updates, param_filter)), 0.0))
+            grad_w = gradnorm_weight_grad(w, norms, losses, initial, alpha)
+            w_step, opt_state = w_opt.update(grad_w, state.weight_opt_state, w)
+            new_w = jnp.maximum(optax.apply_updates(w, w_step), min_weight)
+            new_w = k * new_w / jnp.sum(new_w)
+            new_state = GradNormState(state.count + 1, new_w, initial, opt_state)
+            return out, new_state, (norms, grad_w)
+
+        return C.skip_non_finite(C.all_finite(updates, losses), step,
+                                 lambda: (C.zero_update(updates), state))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from multiret_jax.multitask import _checks as C
 from multiret_jax.multitask.base import num_tasks as _num_tasks
 from multiret_jax.multitask.base import register_method, weighted_sum
 
@@ -108,7 +109,8 @@ def pcgrad_weights(gram: jax.Array, orders: jax.Array, eps: float = 1e-20) -> ja
 
 
 class PCGradState(NamedTuple):
-    """PCGrad state: step count and the PRNG key for the projection orders."""
+    """PCGrad state: step count and the PRNG key for the projection orders (neither
+    advances on a skipped step)."""
     count: jax.Array  # int32 []
     key: jax.Array    # uint32 [2], a raw jax.random.PRNGKey
 
@@ -132,14 +134,27 @@ def pcgrad(seed: int = 0, reduction: str = "sum", shuffle: bool = True,
       seed: seed of the initial ``jax.random.PRNGKey`` kept in the state.
       reduction: "sum" (paper: sum_i g_i^PC) or "mean" (sum / K).
       shuffle: False visits the other tasks in ascending index order (deterministic).
-      num_tasks: optional K, checked against the stacked gradients when given.
-      eps: floor on ||g_j||^2 (a zero g_j never conflicts, so this only guards 0/0).
+      num_tasks: optional K >= 1, checked against the stacked gradients when given.
+      eps: floor on ||g_j||^2 (a zero g_j never conflicts, so this only guards 0/0);
+        finite, > 0.
     Returns:
       A GradientTransformationExtraArgs mapping stacked grads [K, ...] to the
       unstacked PCGrad update; its state is ``PCGradState``.
+
+    Non-finite values: the step reads only the stacked gradients (not ``params``). If
+    any of them, or the Gram matrix, task weights or update it would produce (e.g. an
+    overflowing Gram matrix), holds a NaN or inf, the step is skipped: a zero update and
+    the previous state (``count`` and the PRNG key not advanced).
+
+    Raises:
+      ValueError: a bad argument, e.g. ``pcgrad: reduction must be one of ('sum',
+        'mean'), got 'max'``.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"pcgrad: reduction must be 'sum' or 'mean', got {reduction!r}")
+    C.check_int("pcgrad", "seed", seed, low=0)
+    C.check_choice("pcgrad", "reduction", reduction, ("sum", "mean"))
+    C.check_bool("pcgrad", "shuffle", shuffle)
+    C.check_optional_int("pcgrad", "num_tasks", num_tasks, low=1)
+    C.check_real("pcgrad", "eps", eps, low=0.0, low_open=True)
     expected_k = num_tasks
 
     def init_fn(params):
@@ -151,14 +166,21 @@ def pcgrad(seed: int = 0, reduction: str = "sum", shuffle: bool = True,
         k = _num_tasks(updates)
         if expected_k is not None and k != expected_k:
             raise ValueError(f"pcgrad: built for {expected_k} tasks, got {k}")
-        next_key, orders = pcgrad_orders(state.key, k)
-        if not shuffle:
-            orders = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (k, k))
-        coeffs = pcgrad_weights(task_gram(updates), orders, eps)
-        w = jnp.sum(coeffs, axis=0)
-        if reduction == "mean":
-            w = w / k
-        return weighted_sum(updates, w), PCGradState(state.count + 1, next_key)
+
+        def step():
+            next_key, orders = pcgrad_orders(state.key, k)
+            if not shuffle:
+                orders = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (k, k))
+            gram = task_gram(updates)
+            coeffs = pcgrad_weights(gram, orders, eps)
+            w = jnp.sum(coeffs, axis=0)
+            if reduction == "mean":
+                w = w / k
+            # a NaN Gram entry would read as "no conflict": checked, with the weights
+            return weighted_sum(updates, w), PCGradState(state.count + 1, next_key), (gram, w)
+
+        return C.skip_non_finite(C.all_finite(updates), step,
+                                 lambda: (C.zero_update(updates), state))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

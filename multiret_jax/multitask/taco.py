@@ -25,8 +25,12 @@ an option reproduces it; the defaults are the paper's:
 * ``burn_in_weights="sum"``: the public code's burn-in uses the plain SUM of the task
   gradients (weights 1, i.e. K times the paper's uniform 1/K).
 * ``tau_schedule``: a temperature schedule (the paper uses a constant tau).
-* Non-finite gradients: the public code then falls back to a naive mean update; here the
-  step is skipped (zero update, EMA and step unchanged, ``skipped`` + 1).
+* Non-finite values: the public code falls back to a naive mean update when a gradient
+  is non-finite; here the step is skipped (zero update, EMA and ``step`` unchanged,
+  ``skipped`` + 1) when any input the step reads is non-finite (a task gradient,
+  ``params``, the temperature of this step, which must also be > 0) or when the step
+  would produce a non-finite median, EMA or update (e.g. an overflow of |g * theta| or
+  of ``S_k / tau``). So a NaN or inf never enters the state or the update.
 * The public code ties burn-in to the LR warm-up (``warmup_ratio * max_steps``) and
   re-creates the EMA every ANCE episode; here both are the caller's choice
   (``burn_in_steps``, and keep or re-``init`` the state).
@@ -80,6 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from multiret_jax.multitask import _checks as C
 from multiret_jax.multitask.base import num_tasks as _num_tasks
 from multiret_jax.multitask.base import register_method
 
@@ -96,7 +101,7 @@ class TacoState(NamedTuple):
       step: int32 scalar, updates applied so far (skipped steps not counted).
       ema: params-shaped tree, each leaf ``[K, *param.shape]`` float32: the EMA S_k of the
         (normalised, unless ``normalize_after_ema``) sensitivities.
-      skipped: int32 scalar, steps skipped for non-finite gradients.
+      skipped: int32 scalar, steps skipped for non-finite values (see ``taco``).
       sample_idx: for ``median="approx"``, a params-shaped tree of int32 vectors: flat
         indices into each leaf of the fixed median sample (empty vectors where a leaf drew
         none); ``None`` otherwise.
@@ -249,17 +254,33 @@ def taco(tau: float = 2.0,
     Returns:
       A GradientTransformationExtraArgs whose ``update(stacked_grads, state, params)``
       (leaves ``[K, ...]``; ``params`` required) returns the unstacked update.
+
+    Non-finite values: the step reads the stacked gradients, ``params`` and this step's
+    temperature. If any of them is NaN or inf (or the temperature is <= 0), or the
+    median, EMA or update it would produce is, the step is skipped: zero update, ``ema``
+    and ``step`` unchanged, ``skipped`` + 1. The state and the update are therefore always
+    finite (given a finite initial state); finite steps are computed exactly as without
+    the guard.
+
+    Raises:
+      ValueError: a bad argument (checked here, before any step), e.g.
+        ``taco: tau must be a finite number > 0, got 0.0``,
+        ``taco: beta must be a finite number in [0, 1), got 1.0``,
+        ``taco: burn_in_steps must be an int >= 0, got -1``.
     """
-    if median not in MEDIANS:
-        raise ValueError(f"taco: median must be one of {MEDIANS}, got {median!r}")
-    if zero_median not in ZERO_MEDIANS:
-        raise ValueError(f"taco: zero_median must be one of {ZERO_MEDIANS}, "
-                         f"got {zero_median!r}")
-    if burn_in_weights not in ("uniform", "sum"):
-        raise ValueError(f"taco: burn_in_weights must be 'uniform' or 'sum', "
-                         f"got {burn_in_weights!r}")
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"taco: beta must be in [0, 1), got {beta}")
+    C.check_real("taco", "tau", tau, low=0.0, low_open=True)
+    C.check_real("taco", "beta", beta, low=0.0, high=1.0, high_open=True)
+    C.check_int("taco", "burn_in_steps", burn_in_steps, low=0)
+    C.check_choice("taco", "median", median, MEDIANS)
+    C.check_optional_int("taco", "num_tasks", num_tasks, low=1)
+    C.check_int("taco", "sample_size", sample_size, low=1)
+    C.check_int("taco", "seed", seed, low=0)
+    C.check_real("taco", "eps", eps, low=0.0, low_open=True)
+    C.check_bool("taco", "divide_by_k", divide_by_k)
+    C.check_bool("taco", "normalize_after_ema", normalize_after_ema)
+    C.check_choice("taco", "burn_in_weights", burn_in_weights, ("uniform", "sum"))
+    C.check_optional_callable("taco", "tau_schedule", tau_schedule)
+    C.check_choice("taco", "zero_median", zero_median, ZERO_MEDIANS)
 
     def init_fn(params):
         if num_tasks is None:
@@ -304,9 +325,14 @@ def taco(tau: float = 2.0,
         if e_leaves[0].shape[0] != k:
             raise ValueError(f"taco state was built for {e_leaves[0].shape[0]} tasks, "
                              f"got stacked gradients for {k}")
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in g_leaves]))
+        t = jnp.asarray(tau if tau_schedule is None else tau_schedule(state.step), jnp.float32)
+        # Gradients and params need no separate K x N pass: a NaN/inf in g_k or theta
+        # makes |g_k * theta| non-finite there, and with it that element of the new EMA
+        # ((1 - beta) > 0; dividing by a median + eps > 0 keeps it non-finite), which
+        # skip_non_finite checks (a separate check would cost one more K x N pass).
+        inputs_ok = C.all_finite(t) & jnp.all(t > 0)
 
-        def apply(_):
+        def apply():
             g32 = [g.astype(jnp.float32) for g in g_leaves]
             sens = [jnp.abs(g * p.astype(jnp.float32)[None]) for g, p in zip(g32, p_leaves)]
             if normalize_after_ema:
@@ -318,8 +344,7 @@ def taco(tau: float = 2.0,
                 ema = [beta * e + (1.0 - beta) * (s / _bcast(med + eps, s))
                        for e, s in zip(e_leaves, sens)]
                 scores = ema
-            t = tau if tau_schedule is None else tau_schedule(state.step)
-            inv_tau = 1.0 / jnp.asarray(t, jnp.float32)
+            inv_tau = 1.0 / t
             burn = state.step < burn_in_steps
             burn_w = 1.0 / k if burn_in_weights == "uniform" else 1.0
             out = []
@@ -330,13 +355,13 @@ def taco(tau: float = 2.0,
                 out.append(u.astype(g_orig.dtype))
             new_state = TacoState(state.step + 1, treedef.unflatten(ema), state.skipped,
                                   state.sample_idx)
-            return treedef.unflatten(out), new_state
+            return treedef.unflatten(out), new_state, med
 
-        def skip(_):
-            zeros = [jnp.zeros(g.shape[1:], g.dtype) for g in g_leaves]
-            return treedef.unflatten(zeros), state._replace(skipped=state.skipped + 1)
+        def skip():
+            return (C.zero_update(treedef.unflatten(g_leaves)),
+                    state._replace(skipped=state.skipped + 1))
 
-        return jax.lax.cond(finite, apply, skip, None)
+        return C.skip_non_finite(inputs_ok, apply, skip)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

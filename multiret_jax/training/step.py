@@ -21,7 +21,7 @@ scored against all of that task's passages on all devices (XLA inserts the all-g
 so every device's passages are negatives for every query, as in DPR / TACO, and the
 gradients equal the single-device ones.
 
-Non-finite steps (NaN / inf loss or update) keep the previous parameters and optimizer
+Non-finite steps (NaN / inf loss, gradient or update) keep the previous parameters and optimizer
 state and increment ``state["skipped"]``.
 
 With ``grad_cache_chunk`` the per-task loss and gradients are computed with the gradient
@@ -183,8 +183,10 @@ def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"],
                                        task_losses=task_losses, task_counts=batch["task_counts"])
         finite = jnp.all(jnp.isfinite(task_losses))
-        for u in jax.tree_util.tree_leaves(updates):
-            finite &= jnp.all(jnp.isfinite(u))
+        # the gradients too: a multitask transform returns a zero update for a non-finite
+        # one (its own guard), which AdamW would still apply (momentum, weight decay)
+        for leaf in jax.tree_util.tree_leaves(grads) + jax.tree_util.tree_leaves(updates):
+            finite &= jnp.all(jnp.isfinite(leaf))
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b),
                                                        new, old)
         new = {"params": keep(optax.apply_updates(state["params"], updates), state["params"]),
