@@ -101,6 +101,9 @@ def setup_logging(verbosity: Optional[int] = None) -> None:
     root.setLevel(min(ours, third_party))
     for name in ("absl", "jax", "orbax", "bm25s", "tensorboardX", "matplotlib"):
         logging.getLogger(name).setLevel(third_party)
+    # orbax's reads of a damaged checkpoint leave failed asyncio tasks whose errors asyncio
+    # logs at exit, after ours named the checkpoint: shown only with --verbosity >= 1
+    logging.getLogger("asyncio").setLevel(third_party if verbosity >= 1 else logging.CRITICAL)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(ours)
 
@@ -118,12 +121,16 @@ def error_message(exc: BaseException) -> str:
     """The message of ``exc`` on one line: a KeyError's quotes and the lines gin adds
     ("In call to configurable ...") dropped."""
     text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
-    if isinstance(exc, SyntaxError):
-        text = (f"{exc.filename or 'gin bindings'}:{exc.lineno}: {exc.text or ''} "
-                f"({exc.msg})")
+    if isinstance(exc, SyntaxError):  # gin: the last line of its message is the reason
+        reason = (exc.msg or "").strip().splitlines()[-1:] or ["syntax error"]
+        text = (f"{exc.filename or 'gin bindings'}:{exc.lineno}: {(exc.text or '').strip()} "
+                f"({reason[0].strip()})")
     lines = [ln for ln in str(text).splitlines()
              if not ln.strip().startswith("In call to configurable")]
-    return " ".join(" ".join(lines).split()) or type(exc).__name__
+    out = " ".join(" ".join(lines).split())
+    if isinstance(exc, KeyError) and len(out) > 1 and out[0] == out[-1] and out[0] in "'\"":
+        out = out[1:-1]  # a KeyError re-raised by gin prints its message quoted
+    return out or type(exc).__name__
 
 
 def fail(tool: str, exc: BaseException) -> None:

@@ -160,7 +160,7 @@ CASES = [
      ["train.learning_rate", "inf"], None),
     ("train-gin-syntax-error", "train", [*TRAIN, DATA, "--model_dir=x",
                                          "--gin_param=LEARNING_RATE=float('nan')"],
-     ["LEARNING_RATE=float('nan')", "float"], None),
+     ["LEARNING_RATE=float('nan')", "Failed to parse token 'float'"], None),
     ("train-bad-marker", "train", [*TRAIN, DATA, "--model_dir=x", "--gin_param=MARKER='pre'"],
      ["train.marker", "'pre'"], None),
     ("train-unknown-task", "train", [*TRAIN, DATA, "--model_dir=x",
@@ -318,3 +318,15 @@ def test_bad_input(case, workspace, monkeypatch, capsys):
     after = digest(workspace)
     changed = [p for p, h in before.items() if after.get(p) != h]
     assert not changed, f"files changed or removed: {changed}"
+
+
+def test_verbosity_1_adds_the_traceback(workspace, monkeypatch, capsys):
+    """The one-line error by default; ``--verbosity=1`` prints the traceback before it."""
+    monkeypatch.chdir(workspace)
+    assert run_cli("evaluate", ["--data_dir=nowhere", "--out_dir=o"]) == 2
+    quiet = capsys.readouterr().err
+    assert "Traceback" not in quiet and "--verbosity=1 shows the traceback" in quiet
+    assert run_cli("evaluate", ["--data_dir=nowhere", "--out_dir=o", "--verbosity=1"]) == 2
+    loud = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in loud
+    assert loud.rstrip().splitlines()[-1].startswith("evaluate: error: no KILT task files")
