@@ -250,3 +250,31 @@ def test_clear_errors(setup, first, tmp_path):
     with pytest.raises(FileNotFoundError, match="no test file .*wow-test-kilt.jsonl"):
         retrieve.run_retrieval(str(run), str(tmp_path / "o"), split="test", tasks=["wow"],
                                progress=False)
+
+
+def test_failed_rerun_keeps_the_previous_outputs(setup, first, tmp_path, monkeypatch):
+    """retrieve shares evaluate's staged outputs: a rerun into the same --out_dir that fails
+    after its first task (here: the second task's query encoding) leaves the earlier guess
+    files, TREC files, results.json and tables byte-identical, with no staging left."""
+    import shutil
+    _, _, run, _ = setup
+    out, _ = first
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    digest = lambda: {p.relative_to(copy): p.read_bytes() for p in sorted(copy.rglob("*"))
+                      if p.is_file()}
+    before = digest()
+    calls = []
+    encode = retrieve.DenseRetriever.encode
+
+    def breaks(self, task, queries):
+        calls.append(task.name)
+        if len(calls) == 2:
+            raise RuntimeError("encoder failed on the second task")
+        return -encode(self, task, queries)  # another ranking for the first task
+
+    monkeypatch.setattr(retrieve.DenseRetriever, "encode", breaks)
+    with pytest.raises(RuntimeError, match="second task"):
+        retrieve.run_retrieval(str(run), str(copy), tasks=TASKS, k=K, progress=False)
+    assert len(calls) == 2 and digest() == before
+    assert not [p for p in copy.iterdir() if p.name.startswith(".staging")]
