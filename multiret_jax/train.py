@@ -62,6 +62,7 @@ from multiret_jax.models.encoders import build_biencoder
 from multiret_jax.outputs import read_json
 from multiret_jax.models.params_io import PARAMS_FILE, flat_numpy, load_params_into
 from multiret_jax.training import ance, distributed, run_config
+from multiret_jax.training.schedules import make_schedule
 from multiret_jax.training.settings import check_settings
 from multiret_jax.training.checkpointing import Checkpointer
 from multiret_jax.training.inputs import load_task_data, training_tokenizer
@@ -83,6 +84,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           val_tasks: Optional[Sequence[str]] = None, max_examples: Optional[int] = None,
           steps: int = 200, global_batch: int = 64, mixing_c: float = 4.0,
           learning_rate: float = 5e-5, warmup_fraction: float = 0.1, weight_decay: float = 0.01,
+          lr_schedule: str = "cosine",
           clip_norm: float = 1.0, num_negatives: int = 1, temperature: float = 1.0,
           passage_len: int = 128, eval_passage_len: Optional[int] = None,
           chunk_mode: str = "page", marker: str = "prefix", min_bleu: Optional[float] = 0.5,
@@ -109,8 +111,11 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       max_examples: few-shot: examples kept per task (seeded subset).
       steps: BM25 warm-up steps (all steps without ANCE).
       global_batch, mixing_c: queries per step over all tasks, mixed with temperature c.
-      learning_rate, warmup_fraction, weight_decay, clip_norm: AdamW with linear warm-up
-        then cosine decay over all steps, global-norm clipping after the multitask update.
+      learning_rate, warmup_fraction, weight_decay, clip_norm: AdamW with a linear warm-up
+        over ``warmup_fraction`` of the steps, global-norm clipping after the multitask
+        update.
+      lr_schedule: the decay after the warm-up, "linear" (both papers) or "cosine"
+        (``training/schedules.py``).
       num_negatives: hard negatives per query (1: MT-DPR, 2: TACO).
       temperature: NCE logits divided by it (1: DPR dot product; 0.05 for unit vectors).
       passage_len, query_len, marker, min_bleu: input lengths, query marker, provenance filter.
@@ -157,14 +162,17 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     # saved one first (a changed one fails here, before any file is touched), written once
     # the data and the model are known to load.
     config = gin.config_str()
-    run_config.check_and_save(model_dir, config, allow_config_change, write=False)
+    defaults = run_config.defaults_of(train)  # a binding added later at its default: no change
+    run_config.check_and_save(model_dir, config, allow_config_change, write=False,
+                              defaults=defaults)
     finished = finished_run(model_dir, plan.total_steps)
     if finished is not None and not return_state:
         return finished
     os.makedirs(model_dir, exist_ok=True)
     table, data, bm25, dev = prepare_data(s)
     model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
-    run_config.check_and_save(model_dir, config, allow_config_change, write=main_process)
+    run_config.check_and_save(model_dir, config, allow_config_change, write=main_process,
+                              defaults=defaults)
     mt, tx, schedule = make_optimizer(s, len(data), plan.total_steps)
     run = Run(s, plan, data, table, model, tokenizer, lens, main_process)
     state, state_sh, ckpt, mesh, row_multiple = init_or_restore(s, params, tx, model, plan)
@@ -273,10 +281,9 @@ def prepare_model(s: Settings, table: PassageTable, data: Dict[str, TaskData]):
 # ------------------------------------------------------------------------------ 4. optimizer
 def make_optimizer(s: Settings, num_tasks: int, total: int):
     """(multitask transform, the full chain, the learning-rate schedule): the multitask
-    update over the stacked per-task gradients, global-norm clipping, AdamW with linear
-    warm-up then cosine decay over all steps."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, s.learning_rate, max(1, int(s.warmup_fraction * total)), max(total, 2), 0.0)
+    update over the stacked per-task gradients, global-norm clipping, AdamW with the
+    ``lr_schedule`` (linear warm-up, then linear or cosine decay over all steps)."""
+    schedule = make_schedule(s.lr_schedule, s.learning_rate, s.warmup_fraction, total)
     mt = multitask.build_method(num_tasks=num_tasks, total_steps=total)
     tx = optax.chain(mt, optax.clip_by_global_norm(s.clip_norm),
                      optax.adamw(schedule, weight_decay=s.weight_decay))

@@ -87,3 +87,20 @@ def test_damaged_saved_config_is_named(tmp_path):
     (run / "config.gin").write_text("train.steps = (\n")
     with pytest.raises(ConfigChangedError, match="config.gin: cannot be read as a gin config"):
         check_and_save(str(run), OLD)
+
+
+def test_a_binding_added_at_its_default_is_no_change(tmp_path):
+    """A run saved before a parameter was bound (e.g. train.lr_schedule, added later with
+    the old behaviour as its default) resumes; another value is a change."""
+    def train(steps=4, lr_schedule="cosine"):  # the configurable's signature
+        pass
+
+    defaults = run_config.defaults_of(train)
+    assert defaults == {"train.steps": "4", "train.lr_schedule": "'cosine'"}
+    run = tmp_path / "run"
+    check_and_save(str(run), OLD)
+    _started(run)
+    assert check_and_save(str(run), OLD + "train.lr_schedule = 'cosine'\n",
+                          defaults=defaults) == []
+    with pytest.raises(ConfigChangedError, match="train.lr_schedule: 'cosine' -> 'linear'"):
+        check_and_save(str(run), OLD + "train.lr_schedule = 'linear'\n", defaults=defaults)

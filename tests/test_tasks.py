@@ -1,9 +1,12 @@
 """Task registry: the 8 KILT tasks, prefixes, markers, lengths; user-registered tasks."""
 
+import dataclasses
+
 import gin
 import pytest
 
 from multiret_jax.data import tasks
+from multiret_jax.data.tasks import get_task, mention_window
 
 
 def test_kilt_tasks_prefixes_types_lengths():
@@ -53,3 +56,57 @@ def test_register_from_python_and_gin():
     assert tasks.get_task("gin_task").format_query("q") == "GT [SEP] q"
     with pytest.raises(ValueError, match="unknown task_type"):
         tasks.Task("bad", "B", "NOT_A_TYPE")
+
+
+# --------------------------------------------------------------- AIDA: the mention window
+
+def test_mention_window_keeps_the_mention_centred():
+    words = [f"w{i}" for i in range(300)]
+    words[200:203] = ["[START_ENT]", "Leicester", "[END_ENT]"]
+    text = " ".join(words)
+    got = mention_window(text, 128).split()
+    assert len(got) == 128 and "[START_ENT] Leicester [END_ENT]" in " ".join(got)
+    before = got.index("[START_ENT]")
+    assert before == (128 - 3) // 2  # half the context before the mention
+    assert mention_window("short [START_ENT] x [END_ENT] text", 128) == \
+        "short [START_ENT] x [END_ENT] text"
+    no_mention = " ".join(words[:150])
+    assert mention_window(no_mention, 128) == no_mention  # the start, as other tasks
+    plain = [f"w{i}" for i in range(297)]
+    end = " ".join(plain + ["[START_ENT]", "Y", "[END_ENT]"])  # no right context
+    assert mention_window(end, 10).split() == plain[290:] + ["[START_ENT]", "Y", "[END_ENT]"]
+
+
+def test_aida_queries_keep_their_mention_on_the_real_sample(shared_data, minilm_dir):
+    """KILT's AIDA records are whole articles, one record per mention, the mention marked
+    with [START_ENT] ... [END_ENT]. The sample's records mark early mentions; the same
+    articles with a later mention marked (as KILT has a record for each) lose it when the
+    start is kept to 128 tokens, and keep it with the mention window."""
+    from multiret_jax.data.kilt import read_task_file
+    from multiret_jax.data.tokenization import Tokenization
+    aida = get_task("aidayago2")
+    assert aida.window == "mention" and aida.max_query_len == 128
+    records = [r for split in ("train", "dev") for r in read_task_file(
+        shared_data / "kilt_samples" / f"aidayago2-{split}-kilt.jsonl")]
+    inputs = [r.input for r in records]
+    for r in records:  # a later mention of the same article: a capitalised word late in it
+        words = r.input.replace("[START_ENT] ", "").replace(" [END_ENT]", "").split()
+        late = [i for i in range(len(words) * 2 // 3, len(words))
+                if words[i][:1].isupper() and words[i].isalpha()]
+        if len(words) > 300 and late:
+            i = late[0]
+            inputs.append(" ".join(words[:i] + ["[START_ENT]", words[i], "[END_ENT]"]
+                                   + words[i + 1:]))
+    assert len(inputs) - len(records) >= 5
+    tok = Tokenization.from_dir(str(minilm_dir))
+    start_only = dataclasses.replace(aida, window="start")
+
+    def kept(task):
+        ids, _ = tok.encode_queries(task, inputs, marker="prefix")
+        return [("start _ ent" in t or "start_ent" in t) and ("end _ ent" in t or "end_ent" in t)
+                for t in (tok.decode(row) for row in ids)]
+
+    windowed, truncated = kept(aida), kept(start_only)
+    assert all(windowed), (sum(windowed), len(inputs))
+    assert all(truncated[:len(records)])  # the sample's own (early) mentions: both keep them
+    assert not any(truncated[len(records):])  # later mentions: the start alone loses them

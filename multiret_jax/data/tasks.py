@@ -51,6 +51,10 @@ class Task:
       dev_split: split name of the dev file (TriviaQA's KILT files are ``dev_id``).
       train_split: split name of the train file.
       short: column header used in paper-style tables.
+      window: which part of a long input the query keeps: ``"start"`` (its beginning:
+        tokenization truncates the end) or ``"mention"`` (entity linking: the words
+        around ``[START_ENT] ... [END_ENT]``, ``mention_window``; KILT's AIDA inputs are
+        whole news articles and most mentions lie past the first 128 tokens).
     """
 
     name: str
@@ -60,6 +64,7 @@ class Task:
     dev_split: str = "dev"
     train_split: str = "train"
     short: str = ""
+    window: str = "start"
 
     def __post_init__(self):
         if self.task_type not in TASK_TYPES:
@@ -70,6 +75,9 @@ class Task:
             raise ValueError(f"task {self.name!r}: max_query_len must be > 0")
         if not self.short:
             object.__setattr__(self, "short", self.prefix)
+        if self.window not in WINDOWS:
+            raise ValueError(f"task {self.name!r}: window must be one of {WINDOWS}, "
+                             f"got {self.window!r}")
 
     def filename(self, split: str) -> str:
         """KILT file name for ``split`` ('train' or 'dev'), e.g. ``nq-dev-kilt.jsonl``."""
@@ -85,8 +93,11 @@ class Task:
             marker: ``"QA [SEP] text"``) or ``"none"``.
           sep: separator token string.
         Returns:
-          The formatted query.
+          The formatted query (with ``window="mention"``, the input cut to the
+          ``max_query_len`` words around the mention first).
         """
+        if self.window == "mention":
+            text = mention_window(text, self.max_query_len)
         if marker == "none":
             return text
         if marker == "prefix":
@@ -94,6 +105,33 @@ class Task:
         if marker == "type":
             return f"{self.task_type} {sep} {text}"
         raise ValueError(f"unknown query marker {marker!r}; use 'prefix', 'type' or 'none'")
+
+
+WINDOWS = ("start", "mention")
+START_ENT, END_ENT = "[START_ENT]", "[END_ENT]"
+
+
+def mention_window(text: str, max_words: int) -> str:
+    """The ``max_words`` whitespace-separated words of ``text`` centred on the entity
+    mention ``[START_ENT] ... [END_ENT]`` (half the context before it, half after; the
+    rest to the side that has more). ``text`` is returned as it is when it is short
+    enough or has no mention. A word budget keeps the mention well inside a token budget
+    of the same size: tokenization then truncates only right context."""
+    words = text.split()
+    if len(words) <= max_words:
+        return text
+    try:
+        start = next(i for i, w in enumerate(words) if START_ENT in w)
+        end = next(i for i in range(start, len(words)) if END_ENT in words[i])
+    except StopIteration:  # no (complete) mention: the beginning, as for other tasks
+        return text
+    if end - start + 1 >= max_words:
+        return " ".join(words[start:start + max_words])
+    context = max_words - (end - start + 1)
+    lo = max(0, start - context // 2)
+    hi = min(len(words), end + 1 + context - (start - lo))
+    lo = max(0, hi - max_words)
+    return " ".join(words[lo:hi])
 
 
 _REGISTRY: Dict[str, Task] = {}
@@ -110,10 +148,11 @@ def register_task(task: Task, *, overwrite: bool = False) -> Task:
 @gin.configurable
 def register_task_from_gin(name: str = gin.REQUIRED, prefix: str = gin.REQUIRED,
                            task_type: str = gin.REQUIRED, max_query_len: int = 32,
-                           dev_split: str = "dev", train_split: str = "train") -> Task:
+                           dev_split: str = "dev", train_split: str = "train",
+                           window: str = "start") -> Task:
     """Gin entry point for ``register_task`` (call it from a gin file)."""
-    return register_task(Task(name, prefix, task_type, max_query_len, dev_split, train_split),
-                         overwrite=True)
+    return register_task(Task(name, prefix, task_type, max_query_len, dev_split, train_split,
+                              window=window), overwrite=True)
 
 
 def get_task(name: str) -> Task:
@@ -136,7 +175,7 @@ def registered_tasks() -> List[Task]:
 # The 8 KILT retrieval tasks of MT-DPR / TACO (TACO Table 5 prefixes and query lengths).
 KILT_TASKS: Tuple[Task, ...] = (
     Task("fever", "FEVER", "FC", 64, short="FEV"),
-    Task("aidayago2", "AIDA", "EL", 128, short="AY2"),
+    Task("aidayago2", "AIDA", "EL", 128, short="AY2", window="mention"),
     Task("trex", "TREX", "SF", 32, short="T-REx"),
     Task("structured_zeroshot", "ZSRE", "SF", 32, short="zsRE"),
     Task("nq", "NQ", "QA", 32, short="NQ"),

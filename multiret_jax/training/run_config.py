@@ -18,10 +18,11 @@ so it must describe the parameters in the directory. ``check_and_save`` runs bef
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from gin import config_parser
 
@@ -73,9 +74,23 @@ def bindings(text: str) -> Dict[str, str]:
     return {k: repr(resolve(v)) for k, v in raw.items() if "." in k}
 
 
-def differences(old: str, new: str) -> List[str]:
-    """Human-readable changes from config text ``old`` to ``new`` (``IGNORED`` skipped)."""
+def defaults_of(fn: Callable, name: Optional[str] = None) -> Dict[str, str]:
+    """``{"<name>.<param>": repr(default)}`` of a configurable's keyword defaults (``name``
+    defaults to the function's name): a binding absent from one config and at its default
+    in the other is the same setting."""
+    name = name or fn.__name__
+    return {f"{name}.{p.name}": repr(p.default)
+            for p in inspect.signature(fn).parameters.values()
+            if p.default is not inspect.Parameter.empty}
+
+
+def differences(old: str, new: str, defaults: Optional[Dict[str, str]] = None) -> List[str]:
+    """Human-readable changes from config text ``old`` to ``new`` (``IGNORED`` skipped; a
+    binding missing on one side counts as its value in ``defaults`` when it has one)."""
     a, b = bindings(old), bindings(new)
+    for side in (a, b):
+        for key, value in (defaults or {}).items():
+            side.setdefault(key, value)
     out = []
     for name in sorted(set(a) | set(b)):
         if name in IGNORED or a.get(name) == b.get(name):
@@ -118,7 +133,8 @@ def _free_name(model_dir: str) -> str:
 
 
 def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
-                   write: bool = True) -> Optional[List[str]]:
+                   write: bool = True,
+                   defaults: Optional[Dict[str, str]] = None) -> Optional[List[str]]:
     """Compares ``config_text`` with ``<model_dir>/config.gin`` and saves it (see the module
     docstring).
 
@@ -127,6 +143,7 @@ def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
       config_text: the new configuration (``gin.config_str()``).
       allow_change: continue with a changed configuration (the old file is kept as
         ``config.<n>.gin``).
+      defaults: parameter defaults (``defaults_of``) for bindings on one side only.
       write: False to check only (processes other than the main one; a check before
         the data and model are loaded).
     Returns:
@@ -144,7 +161,7 @@ def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
     with open(path, encoding="utf-8") as f:
         old = f.read()
     try:
-        changes = differences(old, config_text)
+        changes = differences(old, config_text, defaults)
     except Exception as e:  # a hand-edited or truncated file
         raise ConfigChangedError(f"{path}: cannot be read as a gin config ({e}); move it "
                                  "away or use a new --model_dir") from e

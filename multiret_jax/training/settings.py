@@ -8,6 +8,7 @@ from typing import Any
 
 from multiret_jax.data.passages import CHUNK_MODES
 from multiret_jax.index.faiss_index import check_index_spec
+from multiret_jax.training.schedules import SCHEDULES
 
 # train() parameters that must be integers >= the bound (None allowed for the Optional ones).
 _INT_AT_LEAST = {"steps": 0, "global_batch": 1, "num_negatives": 0, "passage_len": 1,
@@ -46,6 +47,8 @@ def check_settings(s: Any) -> None:
         bad.append(f"train.marker must be one of {MARKERS}, got {s.marker!r}")
     if s.chunk_mode not in CHUNK_MODES:
         bad.append(f"train.chunk_mode must be one of {CHUNK_MODES}, got {s.chunk_mode!r}")
+    if s.lr_schedule not in SCHEDULES:
+        bad.append(f"train.lr_schedule must be one of {sorted(SCHEDULES)}, got {s.lr_schedule!r}")
     if s.ance_index_spec:
         try:
             check_index_spec(s.ance_index_spec)
