@@ -149,7 +149,8 @@ def test_changed_config_on_resume_is_refused(tmp_path, data_dir, tiny_checkpoint
     with pytest.raises(ConfigChangedError) as e:
         train(model_dir=str(model_dir), data_dir=str(data_dir), steps=4, halt_after=2, **FAST)
     msg = str(e.value)
-    assert "train.marker: 'prefix' -> 'none'" in msg  # unbound before: train()'s default and "--allow_config_change" in msg, msg
+    # the marker was unbound before: train()'s default stands for it
+    assert "train.marker: 'prefix' -> 'none'" in msg and "--allow_config_change" in msg, msg
     assert str(model_dir / "config.gin") in msg
     assert tree_digest(model_dir) == before
 
