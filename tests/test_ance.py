@@ -188,14 +188,27 @@ def test_save_and_load_negatives(tmp_path):
         ance.load_negatives(path, {"nq": _task_data("nq", 4)})
 
 
+TACO = ["multitask.method = 'taco'", "multitask.options = {'burn_in_steps': 0}"]
+
+
+def _taco_state(state):
+    found = [s for s in state["opt_state"] if type(s).__name__ == "TacoState"]
+    assert len(found) == 1, [type(s).__name__ for s in state["opt_state"]]
+    return found[0]
+
+
 @pytest.mark.slow  # three trainer runs, each compiling its step: 78-112 s on 2 busy cores
 def test_trainer_ance_episodes_resume_exactly(tmp_path):
-    parse_gin(["models/bert_tiny.gin"], [])
+    """A TACO run with two ANCE episodes, killed inside the second, resumes to the same
+    parameters; its TACO state (EMA and step count) runs on across the episodes (TACO's
+    public code re-creates it every episode; ``reset_multitask_state`` does that here)."""
+    parse_gin(["models/bert_tiny.gin"], TACO)
     kw = dict(data_dir=None, steps=4, ance_episodes=2, ance_episode_steps=2, global_batch=16,
               passage_len=64, query_len=32, eval_every=1000, minikilt_scale=0.3, val_tasks=["nq"],
               return_state=True)
     full, state_full = train(model_dir=str(tmp_path / "a"), **kw)
     assert int(state_full["step"]) == full["steps"] == 8 and full["skipped_steps"] == 0
+    assert int(_taco_state(state_full).step) == 8  # not reset at the episode starts
     for episode in (1, 2):
         assert (tmp_path / "a" / "ance" / f"episode_{episode}.npz").exists()
     train(model_dir=str(tmp_path / "b"), halt_after=7, **kw)  # "killed" inside episode 2
@@ -213,3 +226,15 @@ def test_trainer_ance_episodes_resume_exactly(tmp_path):
             for name in za.files:
                 np.testing.assert_array_equal(za[name], zb[name])
                 assert za[name].shape[1] == 1 and (za[name] >= 0).any()
+
+
+
+@pytest.mark.slow  # 60 s: one more tiny TACO run with two ANCE episodes
+def test_reset_multitask_state_restarts_the_taco_state_each_episode(tmp_path):
+    parse_gin(["models/bert_tiny.gin"], TACO)
+    _, state = train(model_dir=str(tmp_path / "r"), data_dir=None, steps=4, ance_episodes=2,
+                     ance_episode_steps=2, global_batch=16, passage_len=64, query_len=32,
+                     eval_every=1000, minikilt_scale=0.3, val_tasks=["nq"],
+                     reset_multitask_state=True, return_state=True)
+    assert int(state["step"]) == 8
+    assert int(_taco_state(state).step) == 2  # re-initialised at the start of episode 2

@@ -107,6 +107,10 @@ def test_taco_tiny_runs_ance_and_learns(tmp_path):
     eps = sorted(p.name for p in (tmp_path / "taco_tiny" / "ance").glob("episode_*.npz"))
     assert eps == ["episode_1.npz", "episode_2.npz"]
     assert summary["completed_steps"] == 60 + 2 * 10
+    # TACO's state runs on across the episodes (its public code re-creates it each one)
+    from multiret_jax.experiments.plots import load_taco_state
+    state, step = load_taco_state(str(tmp_path / "taco_tiny"))
+    assert step == 80 and int(state.step) == 80 and int(state.skipped) == 0
 
 
 @pytest.mark.slow  # 80 s; tests/test_zero_few_shot.py runs the same two stages by default
