@@ -149,7 +149,9 @@ def evaluate_task(task: Task, records: List[kilt.KiltRecord], gold_path: str, re
 
 def evaluate_tasks(retriever: Any, table: PassageTable, data_dir: str, out_dir: str,
                    task_list: Sequence[Task], split: str, depth: int, ks: Sequence[int],
-                   results: Dict[str, Any], on_empty_query: str = "warn") -> dict:
+                   results: Dict[str, Any], on_empty_query: str = "warn",
+                   records: Optional[Dict[str, Tuple[str, List[kilt.KiltRecord]]]] = None
+                   ) -> dict:
     """Every task of ``task_list``: guess files, TREC files, scores; then ``results.json``
     and ``table.{md,csv,json}`` in ``out_dir``.
 
@@ -165,16 +167,13 @@ def evaluate_tasks(retriever: Any, table: PassageTable, data_dir: str, out_dir: 
       results: the header of ``results.json``: at least "retriever" (its name; the
         TREC run name unless there is a "run_name").
       on_empty_query: "warn" (count and ids logged) or "fail" for empty / blank queries.
+      records: ``read_task_records``'s result when the caller has read them already.
     Returns:
       ``results`` with "data_dir", "split", "num_passages", "passage_checksum" and "tasks".
     """
     check_run_args(depth, ks)
-    records = {}
-    for task in task_list:  # read and validate every input first
-        gold_path = task_path(data_dir, task, split)
-        records[task.name] = (gold_path, read_records(gold_path))
-        check_queries([r.id for r in records[task.name][1]],
-                      [r.input for r in records[task.name][1]], gold_path, on_empty_query)
+    if records is None:  # read and validate every input first
+        records = read_task_records(data_dir, task_list, split, on_empty_query)
     results = {**results, "data_dir": data_dir, "split": split, "num_passages": len(table),
                "passage_checksum": table.checksum, "tasks": {}}
     with outputs.staged(out_dir) as stage:
@@ -192,6 +191,20 @@ def evaluate_tasks(retriever: Any, table: PassageTable, data_dir: str, out_dir: 
         tables.write_tables(os.path.join(stage, "table"), result_rows(results),
                             list(results["tasks"]), note=missing_note(results))
     return results
+
+
+def read_task_records(data_dir: str, task_list: Sequence[Task], split: str,
+                      on_empty_query: str = "warn"
+                      ) -> Dict[str, Tuple[str, List[kilt.KiltRecord]]]:
+    """``{task: (file, records)}`` of every task's ``split`` file, read and validated, with
+    blank queries warned about or refused (``outputs.check_queries``)."""
+    out = {}
+    for task in task_list:
+        path = task_path(data_dir, task, split)
+        out[task.name] = (path, read_records(path))
+        check_queries([r.id for r in out[task.name][1]], [r.input for r in out[task.name][1]],
+                      path, on_empty_query)
+    return out
 
 
 def check_run_args(depth: int, ks: Sequence[int]) -> None:

@@ -106,3 +106,17 @@ def read_json(path: str) -> Any:
                          "it") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (temporary file + rename); on failure the
+    temporary file is removed and the ``OSError`` names ``path`` (errno kept)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(e.errno, f"writing {path}: {e.strerror}") from e

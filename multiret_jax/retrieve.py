@@ -42,12 +42,11 @@ import numpy as np
 from absl import flags
 
 from multiret_jax import cli, evaluate, tables
-from multiret_jax.data.tasks import Task, benchmark_tasks, task_path
+from multiret_jax.data.tasks import Task, benchmark_tasks
 from multiret_jax.encoding import encode_queries_of
 from multiret_jax.gin_utils import define_gin_flags
 from multiret_jax.index.corpus import corpus_index
 from multiret_jax.index.faiss_index import DenseIndex, check_index_spec
-from multiret_jax.outputs import check_queries
 from multiret_jax.run_dir import TrainedRun, load_run, parse_run_config, run_table
 
 log = logging.getLogger(__name__)
@@ -125,10 +124,8 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
     run = load_run(model_dir, params_path, tokenizer_dir)
     table, data_dir = run_table(model_dir, data_dir)
     task_list = benchmark_tasks(data_dir, split, tasks)  # fail before encoding
-    for task in task_list:  # every task file read and validated before encoding
-        records = evaluate.read_records(task_path(data_dir, task, split))
-        check_queries([r.id for r in records], [r.input for r in records],
-                      task_path(data_dir, task, split), on_empty_query)
+    # every task file read and validated before encoding (and read only once)
+    records = evaluate.read_task_records(data_dir, task_list, split, on_empty_query)
     check_index_spec(index_spec, len(table), train_size=train_size)
     batch_size = batch_size or run.batch_size
     emb_dir = emb_dir or os.path.join(out_dir, "emb")
@@ -155,7 +152,7 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
               "index_seconds": index_s}
     retriever = DenseRetriever(run, index, batch_size, progress)
     return evaluate.evaluate_tasks(retriever, table, data_dir, out_dir, task_list, split, k,
-                                   ks, header, on_empty_query="warn")  # checked above
+                                   ks, header, records=records)
 
 
 FLAGS = flags.FLAGS

@@ -23,6 +23,7 @@ import Stemmer
 
 from multiret_jax.data.negatives import filter_negatives
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.outputs import blank_queries
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class BM25Retriever:
 def _warn_unmatched(queries: Sequence[str], scores: np.ndarray) -> None:
     """Logs how many queries are blank, or share no term with the corpus: BM25 scores every
     passage 0 for them, and their "ranking" is the table order."""
-    blank = [i for i, q in enumerate(queries) if not (q or "").strip()]
+    blank = blank_queries(range(len(queries)), queries)
     skip = set(blank)
     zero = ([int(i) for i in np.flatnonzero(scores[:, 0] <= 0) if int(i) not in skip]
             if scores.size else [])

@@ -26,6 +26,8 @@ from typing import Callable, Dict, List, Optional
 
 from gin import config_parser
 
+from multiret_jax.outputs import write_text
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.gin"
@@ -113,18 +115,6 @@ def has_training_state(model_dir: str) -> bool:
     return False
 
 
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise OSError(e.errno, f"writing {path}: {e.strerror}") from e
-
-
 def _free_name(model_dir: str) -> str:
     n = 1
     while os.path.exists(os.path.join(model_dir, f"config.{n}.gin")):
@@ -156,7 +146,7 @@ def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
     if not os.path.isfile(path):
         if write:
             os.makedirs(model_dir, exist_ok=True)
-            _write(path, config_text)
+            write_text(path, config_text)
         return None
     with open(path, encoding="utf-8") as f:
         old = f.read()
@@ -184,5 +174,5 @@ def check_and_save(model_dir: str, config_text: str, allow_change: bool = False,
         log.warning("resuming %s with a changed configuration (%s); the previous one is "
                     "kept as %s", model_dir, listed, kept)
     if write:
-        _write(path, config_text)
+        write_text(path, config_text)
     return changes
