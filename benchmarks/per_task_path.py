@@ -74,7 +74,7 @@ def main() -> None:
         os.path.join(data_dir, "knowledge_source.jsonl")))
     tasks = [get_task(n) for n in KILT_TRAIN_SIZES]
     bm25 = BM25Retriever().index(table, show_progress=False)
-    data = load_task_data(data_dir, table, tasks, bm25, args.negatives, None)
+    data, _ = load_task_data(data_dir, table, tasks, bm25, args.negatives, None)
     sizes = task_batch_sizes(KILT_TRAIN_SIZES, args.global_batch, c=args.c)
     rng = np.random.default_rng(0)
     indices = {t: rng.integers(0, len(data[t].examples), sizes[t]) for t in KILT_TRAIN_SIZES}

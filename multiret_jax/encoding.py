@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from multiret_jax.data.passages import PassageTable
-from multiret_jax.data.tasks import Task
+from multiret_jax.data.tasks import Task, query_format
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.models.biencoder import BiEncoder
 
@@ -115,21 +115,23 @@ def encode_queries_of(model: BiEncoder, params: Any, tokenizer: Tokenization, ta
                       query_len: Optional[int] = None, batch_size: int = 64,
                       desc: Optional[str] = None, progress: bool = True) -> np.ndarray:
     """Float32 [N, D] query embeddings of one task's raw inputs, formatted and encoded
-    exactly as training and validation see them: ``task.format_query(text, marker)``
-    (dataset prefix / task-type marker), truncated to ``task.max_query_len`` capped by
-    ``query_len``, through ``task``'s query tower. Validation, ANCE mining and
+    exactly as training and validation see them: written by the ``QueryFormat``
+    (dataset prefix / task-type marker), truncated to the task's query length
+    (``Tokenization.query_length``) capped by ``query_len``, through ``task``'s query
+    tower. Validation, ANCE mining and
     ``retrieve.py`` all encode queries through here.
 
     Args:
       model, params, tokenizer: the bi-encoder, its parameters and tokenization.
       task: the queries' task.
       texts: raw KILT ``input`` strings.
-      marker: "prefix", "type" or "none" (``Task.format_query``).
+      marker: a ``QueryFormat`` or a marker name ("prefix", "type" or "none").
       query_len: cap on the task's query length (e.g. the model's position limit).
       batch_size, desc, progress: see ``encode_texts``.
     """
     tower = jnp.asarray(model.tower_index(task), jnp.int32)
+    fmt = query_format(marker)
     return encode_texts(functools.partial(jitted_encoders(model)["query"], params, tower),
-                        tokenizer, [task.format_query(t, marker) for t in texts],
-                        min(task.max_query_len, query_len or task.max_query_len), batch_size,
+                        tokenizer, [fmt.text(task, t) for t in texts],
+                        tokenizer.query_length(task, fmt, query_len), batch_size,
                         desc=desc or f"{task.name} queries", progress=progress)

@@ -148,7 +148,8 @@ def run_retrieval(model_dir: str, out_dir: str, data_dir: Optional[str] = None, 
               "index_spec": index_spec, "index_dir": index_dir, "emb_dir": emb_dir,
               "index": info["index"], "encoded_shards": info["encoded"],
               "reused_shards": info["reused"], "search_params": search_params, "k": k,
-              "marker": run.marker, "query_len": run.query_len, "passage_len": run.passage_len,
+              "marker": run.marker.marker, "marker_format": run.marker.marker_format,
+              "marker_in_query_len": run.marker.marker_in_len, "query_len": run.query_len, "passage_len": run.passage_len,
               "index_seconds": index_s}
     retriever = DenseRetriever(run, index, batch_size, progress)
     return evaluate.evaluate_tasks(retriever, table, data_dir, out_dir, task_list, split, k,

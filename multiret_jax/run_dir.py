@@ -30,6 +30,7 @@ import gin
 from multiret_jax.checksums import file_sha256
 from multiret_jax.data import kilt
 from multiret_jax.data.passages import PassageTable
+from multiret_jax.data.tasks import QueryFormat
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.gin_utils import parse_gin
 from multiret_jax.models.params_io import PARAMS_FILE, load_params_into
@@ -91,6 +92,13 @@ def train_setting(name: str) -> Any:
     return None if param.default is gin.REQUIRED else param.default
 
 
+def run_query_format() -> QueryFormat:
+    """The parsed run's ``QueryFormat`` (``train.marker``, ``train.marker_format``,
+    ``train.marker_in_query_len``)."""
+    return QueryFormat(train_setting("marker"), train_setting("marker_format"),
+                       train_setting("marker_in_query_len"))
+
+
 @dataclasses.dataclass
 class TrainedRun:
     """A trained bi-encoder with the settings it trained with.
@@ -100,7 +108,8 @@ class TrainedRun:
       model, params, cfg: ``build_biencoder()``'s model and config, the run's parameters.
       tokenizer: the run's tokenization.
       fingerprint: identity of model + parameters (``encode_corpus``'s ``fingerprint``).
-      marker, query_len: query formatting (``Task.format_query``) and the length cap.
+      marker, query_len: the run's ``QueryFormat`` (marker, its format, whether the
+        task lengths count it) and the cap on every query's length.
       passage_len: passage length in validation / mining (``train.eval_passage_len``).
       batch_size: ``train.eval_batch_size``.
     """
@@ -112,7 +121,7 @@ class TrainedRun:
     cfg: Any
     tokenizer: Tokenization
     fingerprint: str
-    marker: str
+    marker: QueryFormat
     query_len: Optional[int]
     passage_len: int
     batch_size: int
@@ -163,7 +172,7 @@ def load_run(model_dir: str, params_path: Optional[str] = None,
     model_cfg = json.dumps(gin.get_bindings("build_biencoder"), sort_keys=True, default=str)
     fingerprint = f"params_sha256={file_sha256(params_path)} build_biencoder={model_cfg}"
     return TrainedRun(model_dir, params_path, model, params, cfg, tokenizer, fingerprint,
-                      train_setting("marker"), query_len, passage_len,
+                      run_query_format(), query_len, passage_len,
                       train_setting("eval_batch_size"))
 
 

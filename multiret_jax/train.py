@@ -49,20 +49,21 @@ from absl import app, flags
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from multiret_jax import cli, multitask, partitioning, tables
+from multiret_jax import cli, partitioning, tables
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import TaskData, build_step_batch
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.mixing import MixingSampler
+from multiret_jax.data.union import UnionSampler, union_batch
 from multiret_jax.data.passages import PassageTable
-from multiret_jax.data.tasks import benchmark_tasks, get_task
+from multiret_jax.data.tasks import QueryFormat, benchmark_tasks, get_task
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
 from multiret_jax.models.encoders import build_biencoder
 from multiret_jax.outputs import read_json
 from multiret_jax.models.params_io import PARAMS_FILE, flat_numpy, load_params_into
 from multiret_jax.training import ance, distributed, run_config
-from multiret_jax.training.schedules import make_schedule
+from multiret_jax.training import plan as training_plan
 from multiret_jax.training.settings import check_settings
 from multiret_jax.training.checkpointing import Checkpointer
 from multiret_jax.training.inputs import load_task_data, training_tokenizer
@@ -84,12 +85,17 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           val_tasks: Optional[Sequence[str]] = None, max_examples: Optional[int] = None,
           steps: int = 200, global_batch: int = 64, mixing_c: float = 4.0,
           learning_rate: float = 5e-5, warmup_fraction: float = 0.1, weight_decay: float = 0.01,
-          lr_schedule: str = "cosine",
+          lr_schedule: str = "cosine", lr_per_phase: bool = False,
           clip_norm: float = 1.0, num_negatives: int = 1, temperature: float = 1.0,
           passage_len: int = 128, eval_passage_len: Optional[int] = None,
-          chunk_mode: str = "page", marker: str = "prefix", min_bleu: Optional[float] = 0.5,
+          chunk_mode: str = "page", marker: str = "prefix", marker_format: str = "sep",
+          marker_in_query_len: bool = True, min_bleu: Optional[float] = 0.5,
           query_len: Optional[int] = None, tokenizer_dir: Optional[str] = None,
-          init_from: Optional[str] = None, ance_episodes: int = 0, ance_episode_steps: int = 0,
+          init_from: Optional[str] = None, batching: str = "per_task",
+          task_caps: Optional[Dict[str, int]] = None,
+          task_sizes: Optional[Dict[str, int]] = None, epochs: Optional[float] = None,
+          ance_episodes: int = 0, ance_episode_steps: int = 0,
+          ance_episode_epochs: Optional[float] = None, multitask_from_episode: int = 0,
           ance_depth: int = 100, ance_sample: bool = True, ance_index_spec: Optional[str] = None,
           reset_multitask_state: bool = False,
           per_task: str = DEFAULT_PER_TASK, grad_cache_chunk: Optional[int] = None,
@@ -99,7 +105,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           checkpoint_every: Optional[int] = None, keep: int = 2, eval_batch_size: int = 64,
           eval_at_start: bool = False, compare_bm25: bool = False,
           seed: int = 0, minikilt_scale: float = 1.0, halt_after: Optional[int] = None,
-          return_state: bool = False, allow_config_change: bool = False):
+          return_state: bool = False, allow_config_change: bool = False,
+          dry_run: bool = False):
     """Trains, validates and checkpoints; returns the summary (also ``summary.json``).
 
     Args (gin ``train.*``):
@@ -109,23 +116,41 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         minus ``exclude_tasks`` (leave-one-out).
       val_tasks: tasks validated (default every task with a dev file, held-out ones too).
       max_examples: few-shot: examples kept per task (seeded subset).
-      steps: BM25 warm-up steps (all steps without ANCE).
+      steps: BM25 warm-up steps (all steps without ANCE); ``epochs`` instead gives
+        the warm-up in epochs (``training/plan.py``: an epoch is the largest
+        ``ceil(N_k / B_k)`` over tasks, or ``ceil(N / B)`` for union batches).
       global_batch, mixing_c: queries per step over all tasks, mixed with temperature c.
+      batching: "per_task" (a sub-batch and a loss per task, combined by the multitask
+        method: TACO) or "union" (MT-DPR: batches drawn from the union of the tasks'
+        examples, one NCE over the whole batch; ``data/union.py``; method naive).
+      task_caps: ``{task: cap}``: a seeded random subset of at most that many training
+        examples (TACO's downsampling of T-REx and zsRE), drawn before the BM25 negatives.
+      task_sizes: ``{task: examples}`` for ``dry_run`` without data at hand (before the
+        caps); a real run counts its data.
       learning_rate, warmup_fraction, weight_decay, clip_norm: AdamW with a linear warm-up
         over ``warmup_fraction`` of the steps, global-norm clipping after the multitask
         update.
       lr_schedule: the decay after the warm-up, "linear" (both papers) or "cosine"
         (``training/schedules.py``).
+      lr_per_phase: each phase (the warm-up, each ANCE episode) has its own warm-up and
+        decay (TACO's public code runs each episode as a new run) instead of one over the
+        run.
       num_negatives: hard negatives per query (1: MT-DPR, 2: TACO).
       temperature: NCE logits divided by it (1: DPR dot product; 0.05 for unit vectors).
       passage_len, query_len, marker, min_bleu: input lengths, query marker, provenance filter.
+      marker_format, marker_in_query_len: the separator after the marker and whether a
+        task's query length counts the marker (``data.tasks.QueryFormat``).
       eval_passage_len: passage length in validation and ANCE mining (default passage_len).
       chunk_mode: 100-word passages per "page" (DPR) or per "paragraph" (``passages.py``).
       tokenizer_dir: vocabulary directory (default: the checkpoint directory's, else built).
       init_from: a previous ``model_dir`` (or its ``final_params.safetensors``) to start
         from (few-shot fine-tuning of a leave-one-out model).
       ance_episodes, ance_episode_steps, ance_depth, ance_sample: ANCE episodes after the
-        warm-up: steps each, ranking depth mined, sample from the top vs take the best.
+        warm-up: steps each (or ``ance_episode_epochs``), ranking depth mined, sample from
+        the top vs take the best.
+      multitask_from_episode: the multitask method (gin ``multitask.method``) applies from
+        this phase on (0: the warm-up; e: ANCE episode e), naive before (TACO: the last
+        episode); its burn-in counts from there.
       ance_index_spec: mine with a FAISS index of this spec ("HNSW32", ...) instead of
         exact search (``ance.mine_episode``).
       reset_multitask_state: re-initialise the multitask state (TACO EMA) at each episode.
@@ -151,29 +176,35 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         configuration (``training/run_config.py``; the old file is kept as
         ``config.<n>.gin``); without it a changed configuration fails before any file
         is touched.
+      dry_run: train nothing: print the plan and write ``<model_dir>/plan.json``
+        (``training/plan.py``); returns the plan.
     """
     s = Settings(**locals())
     check_settings(s)  # before any file is touched
     if multihost:
         distributed.initialize(coordinator_address, num_processes, process_id)
-    plan = ance.EpisodePlan(steps, ance_episodes, ance_episode_steps)
     main_process = jax.process_index() == 0
     # The run's full configuration, for the tools that load it later: compared with the
     # saved one first (a changed one fails here, before any file is touched), written once
     # the data and the model are known to load.
     config = gin.config_str()
     defaults = run_config.defaults_of(train)  # a binding added later at its default: no change
-    run_config.check_and_save(model_dir, config, allow_config_change, write=False,
-                              defaults=defaults)
-    finished = finished_run(model_dir, plan.total_steps)
+    changes = run_config.check_and_save(model_dir, config, allow_config_change, write=False,
+                                        defaults=defaults)
+    if dry_run:
+        return training_plan.dry_run(s, main_process)
+    finished = None if changes else finished_run(model_dir, static_total_steps(s))
     if finished is not None and not return_state:
         return finished
     os.makedirs(model_dir, exist_ok=True)
-    table, data, bm25, dev = prepare_data(s)
+    table, data, bm25, dev, sizes = prepare_data(s)
     model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
     run_config.check_and_save(model_dir, config, allow_config_change, write=main_process,
                               defaults=defaults)
-    mt, tx, schedule = make_optimizer(s, len(data), plan.total_steps)
+    the_plan = make_run_plan(s, sizes, data, tokenizer, main_process)
+    plan = ance.EpisodePlan(the_plan["phases"][0]["steps"], ance_episodes,
+                            the_plan["phases"][-1]["steps"] if ance_episodes else 0)
+    mt, tx, schedule = make_optimizer(s, the_plan, len(data))
     run = Run(s, plan, data, table, model, tokenizer, lens, main_process)
     state, state_sh, ckpt, mesh, row_multiple = init_or_restore(s, params, tx, model, plan)
     step_fn, make_batch, batch_sh = compile_step(run, model, tx, state, state_sh, mesh,
@@ -212,18 +243,29 @@ class Run:
 
 
 # ------------------------------------------------------------------------ 1. run directory
-def finished_run(model_dir: str, total_steps: int) -> Optional[dict]:
-    """The saved summary when ``model_dir`` holds a run that finished all ``total_steps``
-    (its final parameters written), else None: rerunning a finished command keeps every
-    file as it is."""
+def static_total_steps(s: Settings) -> Optional[int]:
+    """The run's length when the settings give it in steps; None when a phase is given in
+    epochs (known once the data is counted, ``training/plan.py``)."""
+    if s.epochs is not None or (s.ance_episodes and s.ance_episode_epochs is not None):
+        return None
+    return s.steps + s.ance_episodes * s.ance_episode_steps
+
+
+def finished_run(model_dir: str, total_steps: Optional[int]) -> Optional[dict]:
+    """The saved summary when ``model_dir`` holds a run that finished all its steps
+    (``total_steps`` when known; its final parameters written), else None: rerunning a
+    finished command keeps every file as it is."""
     path = os.path.join(model_dir, SUMMARY_FILE)
     if not (os.path.isfile(path) and os.path.isfile(os.path.join(model_dir, PARAMS_FILE))):
         return None
     summary = read_json(path)  # a damaged one is named (file, line)
-    if not isinstance(summary, dict) or summary.get("steps") != total_steps or summary.get("completed_steps") != total_steps:
+    if not isinstance(summary, dict):
+        return None
+    done = summary.get("completed_steps")
+    if done != summary.get("steps") or (total_steps is not None and done != total_steps):
         return None
     log.info("%s already finished all %d steps: nothing to train, every file is kept (use a "
-             "new --model_dir to train again)", model_dir, total_steps)
+             "new --model_dir to train again)", model_dir, done)
     return summary
 
 
@@ -250,12 +292,12 @@ def prepare_data(s: Settings):
     log.info("%d passages from %s (%s chunks); indexing them for BM25", len(table), source,
              s.chunk_mode)
     bm25 = BM25Retriever().index(table, show_progress=False)
-    data = load_task_data(data_dir, table, task_list, bm25, s.num_negatives, s.min_bleu,
-                          s.max_examples, s.seed)
+    data, sizes = load_task_data(data_dir, table, task_list, bm25, s.num_negatives, s.min_bleu,
+                                 s.max_examples, s.seed, caps=s.task_caps)
     val_names = s.val_tasks or [t.name for t in benchmark_tasks(data_dir, "dev", None)]
     dev = {t.name: kilt.read_task_file(os.path.join(data_dir, t.filename("dev")))
            for t in benchmark_tasks(data_dir, "dev", val_names)}
-    return table, data, bm25, dev
+    return table, data, bm25, dev, sizes
 
 
 # ---------------------------------------------------------------------------------- 3. model
@@ -271,20 +313,45 @@ def prepare_model(s: Settings, table: PassageTable, data: Dict[str, TaskData]):
     if max_pos is not None:  # absolute positions cap every length (e.g. tiny BERT: 128)
         passage_len, eval_len = min(passage_len, max_pos), min(eval_len, max_pos)
         query_len = min(query_len or max_pos, max_pos)
-    vocab_texts = lambda: table.contents() + [d.task.format_query(e.query, s.marker)
+    fmt = query_format_of(s)
+    vocab_texts = lambda: table.contents() + [fmt.text(d.task, e.query)
                                               for d in data.values() for e in d.examples]
     tokenizer = training_tokenizer(s.model_dir, s.tokenizer_dir, model.source_dir, vocab_texts,
                            cfg.vocab_size, s.init_from)
     return model, params, cfg, tokenizer, Lengths(passage_len, eval_len, query_len)
 
 
+def query_format_of(s: Settings) -> QueryFormat:
+    """The run's ``QueryFormat`` (marker, its format, the length convention)."""
+    return QueryFormat(s.marker, s.marker_format, s.marker_in_query_len)
+
+
+def make_run_plan(s: Settings, sizes: Dict[str, int], data: Dict[str, TaskData],
+                  tokenizer: Tokenization, main_process: bool) -> dict:
+    """The plan of this run from its data (``training/plan.py``), logged and written to
+    ``<model_dir>/plan.json``."""
+    if s.task_sizes:
+        log.info("train.task_sizes is for --dry_run; this run counts its data: %s", sizes)
+    fmt = query_format_of(s)
+    marker_tokens = {n: tokenizer.marker_tokens(d.task, fmt) for n, d in data.items()}
+    method, options = training_plan.multitask_setting()
+    plan = training_plan.make_plan(s, sizes, marker_tokens, {n: d.task for n, d in data.items()},
+                                   method, options, "the training data (after the "
+                                   "provenance filter)", "the run's tokenizer")
+    log.info("training plan:\n%s", training_plan.format_plan(plan))
+    if main_process:
+        training_plan.write_plan(os.path.join(s.model_dir, training_plan.PLAN_FILE), plan)
+    return plan
+
+
 # ------------------------------------------------------------------------------ 4. optimizer
-def make_optimizer(s: Settings, num_tasks: int, total: int):
-    """(multitask transform, the full chain, the learning-rate schedule): the multitask
-    update over the stacked per-task gradients, global-norm clipping, AdamW with the
-    ``lr_schedule`` (linear warm-up, then linear or cosine decay over all steps)."""
-    schedule = make_schedule(s.lr_schedule, s.learning_rate, s.warmup_fraction, total)
-    mt = multitask.build_method(num_tasks=num_tasks, total_steps=total)
+def make_optimizer(s: Settings, plan: dict, num_tasks: int):
+    """(multitask transform, the full chain, the learning-rate schedule): the plan's
+    multitask update over the stacked per-task gradients (one group for union batches),
+    global-norm clipping, AdamW with the plan's schedule (``lr_schedule``: linear warm-up,
+    then linear or cosine decay, over the run or each phase)."""
+    schedule = training_plan.phase_schedule(plan)
+    mt = training_plan.phase_multitask(plan, 1 if s.batching == "union" else num_tasks)
     tx = optax.chain(mt, optax.clip_by_global_norm(s.clip_norm),
                      optax.adamw(schedule, weight_decay=s.weight_decay))
     return mt, tx, schedule
@@ -315,14 +382,20 @@ def compile_step(run: Run, model, tx, state, state_sh, mesh, row_multiple: int, 
     its time: a big model takes minutes), and the batch builder."""
     s = run.s
     towers = jnp.asarray([model.tower_index(d.task) for d in data.values()], jnp.int32)
-    sampler = MixingSampler({t: len(d.examples) for t, d in data.items()}, s.global_batch,
-                            c=s.mixing_c, seed=s.seed)
+    sizes = {t: len(d.examples) for t, d in data.items()}
+    union = s.batching == "union"
+    sampler = (UnionSampler(sizes, s.global_batch, seed=s.seed) if union else
+               MixingSampler(sizes, s.global_batch, c=s.mixing_c, seed=s.seed))
+    union_rows = -(-s.global_batch // row_multiple) * row_multiple
+    fmt = query_format_of(s)
 
     def make_batch(step):  # reads run.data: an ANCE episode swaps the negatives in
-        return build_step_batch(sampler.batch(step), run.data, run.tokenizer, run.table,
-                                run.lens.passage, s.num_negatives, s.marker,
-                                rng=np.random.default_rng([s.seed, step]),
-                                query_len=run.lens.query, row_multiple=row_multiple)
+        batch = build_step_batch(sampler.batch(step), run.data, run.tokenizer, run.table,
+                                 run.lens.passage, s.num_negatives, fmt,
+                                 rng=np.random.default_rng([s.seed, step]),
+                                 query_len=run.lens.query,
+                                 row_multiple=1 if union else row_multiple)
+        return union_batch(batch, union_rows, run.tokenizer.pad_id) if union else batch
 
     probe = make_batch(0)
     batch_sh = batch_shardings(probe.arrays(), mesh)
@@ -330,7 +403,7 @@ def compile_step(run: Run, model, tx, state, state_sh, mesh, row_multiple: int, 
     step_fn = make_train_step(model, tx, towers, mesh=mesh, state_sharding=state_sh,
                               batch_sharding=batch_sh, temperature=s.temperature,
                               per_task=s.per_task, grad_cache_chunk=s.grad_cache_chunk,
-                              task_shapes=shapes)
+                              task_shapes=shapes, batching=s.batching)
     with timed(f"compiling the train step ({len(data)} tasks, batch {s.global_batch})"):
         distributed.compile_together(step_fn, state, put_batch(probe.arrays(), batch_sh))
     return step_fn, make_batch, batch_sh
@@ -417,7 +490,7 @@ def train_loop(run: Run, state, state_sh, step_fn, make_batch, batch_sh, ckpt, m
 def validate_now(run: Run, state, dev):
     """Dense validation on every process, with a process-local parameter copy."""
     return validate(run.model, distributed.host_local(state["params"]), run.tokenizer,
-                    run.table, dev, run.lens.eval_passage, run.s.marker,
+                    run.table, dev, run.lens.eval_passage, query_format_of(run.s),
                     progress=run.main_process, query_len=run.lens.query,
                     batch_size=run.s.eval_batch_size)
 
@@ -434,7 +507,7 @@ def use_episode(run: Run, episode: int, params_now) -> None:
         negs = ance.mine_episode(run.model, params_now, run.tokenizer, run.table, run.data,
                                  num=s.num_negatives, seed=s.seed + episode,
                                  passage_len=run.lens.eval_passage, query_len=run.lens.query,
-                                 marker=s.marker, batch_size=s.eval_batch_size,
+                                 marker=query_format_of(s), batch_size=s.eval_batch_size,
                                  depth=s.ance_depth, sample=s.ance_sample,
                                  index_spec=s.ance_index_spec, progress=run.main_process)
         if run.main_process:
@@ -517,8 +590,10 @@ def main(argv):
     cli.absolute_flags(FLAGS, "model_dir")
     parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     cli.absolute_gin_paths()
-    summary = train(model_dir=FLAGS.model_dir, allow_config_change=FLAGS.allow_config_change)
-    print(final_report(FLAGS.model_dir, summary))
+    result = train(model_dir=FLAGS.model_dir, allow_config_change=FLAGS.allow_config_change,
+                   dry_run=FLAGS.dry_run)
+    if not FLAGS.dry_run:  # a dry run has printed its plan
+        print(final_report(FLAGS.model_dir, result))
 
 
 def final_report(model_dir: str, summary: dict) -> str:
@@ -543,6 +618,8 @@ def define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "Output directory (checkpoints, logs, summary).")
     flags.DEFINE_boolean("allow_config_change", False, "Resume a run whose saved config.gin "
                          "differs (the old one is kept as config.<n>.gin).")
+    flags.DEFINE_boolean("dry_run", False, "Train nothing: print the training plan (tasks, "
+                         "batch sizes, phases, schedule) and write <model_dir>/plan.json.")
 
 
 TOOL = "train"

@@ -58,8 +58,8 @@ def mined_setup(tmp_path_factory):
     table = PassageTable.from_pages(kilt.iter_knowledge_source(
         os.path.join(directory, "knowledge_source.jsonl")), mode="page")
     bm25 = BM25Retriever().index(table, show_progress=False)
-    data = load_task_data(directory, table, benchmark_tasks(directory, "train", TASKS), bm25,
-                          1, 0.5)
+    data, _ = load_task_data(directory, table, benchmark_tasks(directory, "train", TASKS), bm25,
+                             1, 0.5)
     tokenizer = Tokenization.train_wordlevel(table.contents(), 1000)
     model, params, _ = build_biencoder("bert", "bert_tiny", shared=False)
     return model, params, tokenizer, table, data

@@ -61,7 +61,10 @@ def test_experiment_parses_with_the_papers_settings(name):
     if name.startswith("taco"):
         assert enc == "t5" and gin.query_parameter("build_biencoder.shared") is True
         assert q("MIXING_C") == 4.0 and q("NUM_NEGATIVES") == 2
-        assert q("ANCE_EPISODES") == 2
+        tiny = name.endswith("_tiny.gin")
+        assert q("ANCE_EPISODES") == (2 if tiny else 8)
+        assert q("MULTITASK_FROM_EPISODE") == (1 if tiny else 8)
+        assert q("MARKER_FORMAT") == "sentinel" and q("MARKER_IN_QUERY_LEN") is False
         expected = name[len("taco_"):].replace("_tiny", "").replace(".gin", "") or "taco"
         if expected in ("pcgrad", "cgd", "gradnorm", "naive"):
             assert method == expected
@@ -70,7 +73,7 @@ def test_experiment_parses_with_the_papers_settings(name):
         assert marker == ("none" if "no_prefix" in name else "prefix")
     elif not name.startswith("realmini"):
         assert enc == "bert" and gin.query_parameter("build_biencoder.shared") is False
-        assert q("NUM_NEGATIVES") == 1 and q("MIXING_C") == 1.0 and method == "naive"
+        assert q("NUM_NEGATIVES") == 1 and method == "naive" and q("BATCHING") == "union"
         assert marker == ("type" if "type_markers" in name else "none")
     if name.endswith("_tiny.gin"):
         assert gin.query_parameter("build_biencoder.config") in ("bert_tiny", "t5_tiny")
@@ -107,10 +110,16 @@ def test_taco_tiny_runs_ance_and_learns(tmp_path):
     eps = sorted(p.name for p in (tmp_path / "taco_tiny" / "ance").glob("episode_*.npz"))
     assert eps == ["episode_1.npz", "episode_2.npz"]
     assert summary["completed_steps"] == 60 + 2 * 10
-    # TACO's state runs on across the episodes (its public code re-creates it each one)
+    # the plan: naive warm-up, TACO from episode 1 with its burn-in counted from there
+    plan = json.loads((tmp_path / "taco_tiny" / "plan.json").read_text())
+    assert [(p["name"], p["start"], p["steps"], p["multitask"]) for p in plan["phases"]] == [
+        ("warm-up", 0, 60, "naive"), ("ance 1", 60, 10, "taco"), ("ance 2", 70, 10, "taco")]
+    assert plan["multitask"]["from_step"] == 60 and plan["burn_in_steps"] == 2
+    # TACO's state starts at episode 1 and runs on across the episodes (its public code
+    # re-creates it each one): 20 updates after 80 steps
     from multiret_jax.experiments.plots import load_taco_state
     state, step = load_taco_state(str(tmp_path / "taco_tiny"))
-    assert step == 80 and int(state.step) == 80 and int(state.skipped) == 0
+    assert step == 80 and int(state.step) == 20 and int(state.skipped) == 0
 
 
 @pytest.mark.slow  # 80 s; tests/test_zero_few_shot.py runs the same two stages by default

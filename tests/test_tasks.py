@@ -110,3 +110,26 @@ def test_aida_queries_keep_their_mention_on_the_real_sample(shared_data, minilm_
     assert all(windowed), (sum(windowed), len(inputs))
     assert all(truncated[:len(records)])  # the sample's own (early) mentions: both keep them
     assert not any(truncated[len(records):])  # later mentions: the start alone loses them
+
+
+def test_query_formats():
+    """The marker formats: this project's "[SEP]", TACO's public code's T5 sentinel
+    (``' '.join([task_name, '<extra_id_1>'])`` before the query), and the name alone."""
+    from multiret_jax.data.tasks import QueryFormat, query_format
+    nq = tasks.get_task("nq")
+    assert QueryFormat("prefix", "sep").text(nq, "who?") == "NQ [SEP] who?"
+    assert QueryFormat("prefix", "sentinel").text(nq, "who?") == "NQ <extra_id_1> who?"
+    assert QueryFormat("prefix", "plain").text(nq, "who?") == "NQ who?"
+    assert QueryFormat("type", "sentinel").text(nq, "who?") == "QA <extra_id_1> who?"
+    assert QueryFormat("none", "sentinel").text(nq, "who?") == "who?"
+    assert QueryFormat("prefix", "sentinel").marker_text(nq) == "NQ <extra_id_1>"
+    assert QueryFormat("none").marker_text(nq) == ""
+    assert query_format("type") == QueryFormat("type", "sep", True)
+    fev = tasks.get_task("fever")
+    assert QueryFormat("prefix", marker_in_len=True).length(fev, 4) == 64
+    assert QueryFormat("prefix", marker_in_len=False).length(fev, 4) == 68
+    assert QueryFormat("prefix", marker_in_len=False).length(fev, 4, cap=32) == 32
+    with pytest.raises(ValueError, match="unknown marker format 'colon'"):
+        QueryFormat("prefix", "colon")
+    with pytest.raises(ValueError, match="unknown query marker"):
+        QueryFormat("bogus")

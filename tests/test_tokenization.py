@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from multiret_jax.data.tasks import get_task
+from multiret_jax.data.tasks import QueryFormat, get_task
 from multiret_jax.data.tokenization import Tokenization
 
 TEXTS = ["Who wrote Hamlet?", "Fox 2000 Pictures released the film Soul Food.",
@@ -64,3 +64,29 @@ def test_wordlevel_vocabulary_is_deterministic_and_bert_shaped(tmp_path):
     a.save(str(tmp_path))
     np.testing.assert_array_equal(Tokenization.from_dir(str(tmp_path)).encode(texts, 16)[0],
                                   a.encode(texts, 16)[0])
+
+
+def test_marker_outside_the_query_length(minilm_dir):
+    """TACO's Table 5 lengths count the query text alone (its public code cuts the text to
+    32 tokens, then allows 36 with the prefix): with ``marker_in_len=False`` the marker's
+    tokens (as this tokenizer splits them) come on top, and the text keeps its full
+    length."""
+    tok = Tokenization.from_dir(str(minilm_dir))
+    nq = get_task("nq")
+    inside = QueryFormat("prefix", "sep", marker_in_len=True)
+    outside = QueryFormat("prefix", "sep", marker_in_len=False)
+    # "NQ [SEP]" is "n", "##q", "[SEP]" for this uncased WordPiece vocabulary
+    assert tok.marker_tokens(nq, outside) == 3
+    assert tok.query_length(nq, inside) == 32 and tok.query_length(nq, outside) == 35
+    assert tok.query_length(nq, outside, cap=33) == 33
+    assert tok.query_length(nq, QueryFormat("none", marker_in_len=False)) == 32
+    long_text = " ".join(f"w{i}" for i in range(100))
+    text_only = tok.encode([long_text], 32)[1].sum()
+    ids, mask = tok.encode_queries(nq, [long_text], outside)
+    assert ids.shape == (1, 35) and mask.sum() == 35
+    # the text after the marker is exactly what the unmarked query keeps
+    assert tok.decode(ids[0]).startswith("nq ") and \
+        tok.decode(ids[0])[3:] == tok.decode(tok.encode([long_text], 32)[0][0])
+    assert text_only == 32
+    ids, _ = tok.encode_queries(nq, [long_text], inside)
+    assert ids.shape == (1, 32)

@@ -48,7 +48,7 @@ class MiniData:
         self.table = PassageTable.from_pages(kilt.iter_knowledge_source(
             os.path.join(directory, "knowledge_source.jsonl")), mode="page")
         bm25 = BM25Retriever().index(self.table, show_progress=False)
-        self.data = load_task_data(directory, self.table, tasks, bm25, NEGATIVES, 0.5)
+        self.data, _ = load_task_data(directory, self.table, tasks, bm25, NEGATIVES, 0.5)
         self.tokenizer = Tokenization.train_wordlevel(self.table.contents(), VOCAB)
         self.sampler = MixingSampler({t: len(d.examples) for t, d in self.data.items()},
                                      GLOBAL_BATCH, c=4.0, seed=0)

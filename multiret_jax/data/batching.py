@@ -39,7 +39,7 @@ import numpy as np
 
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import TrainingExample
-from multiret_jax.data.tasks import Task
+from multiret_jax.data.tasks import Task, query_format
 from multiret_jax.data.tokenization import Tokenization
 
 
@@ -82,7 +82,9 @@ class StepBatch:
     ``neg_ids/neg_mask [K,B,H,Lp]`` (int32 tokens and attention masks);
     ``query_mask [K,B]`` row validity, ``negative_mask [K,B,H]`` (int32 0/1);
     ``positive_rows [K,B]``, ``negative_rows [K,B,H]`` (int64 passage rows, -1 padding);
-    ``task_counts [K]`` (= B_k); ``task_query_lens [K]`` each task's own query length.
+    ``task_counts [K]`` (= B_k); ``task_query_lens [K]`` each task's own query length;
+    in the union layout (``data/union.py``) the task axis is 1 and ``row_tasks [1,B]``
+    gives each row's task index (-1 for padding).
     """
 
     tasks: Tuple[str, ...]
@@ -98,14 +100,19 @@ class StepBatch:
     negative_rows: np.ndarray
     task_counts: np.ndarray
     task_query_lens: np.ndarray
+    row_tasks: Optional[np.ndarray] = None  # union layout only (``data/union.py``)
 
     ARRAY_FIELDS = ("query_ids", "query_mask_tokens", "pos_ids", "pos_mask", "neg_ids",
                     "neg_mask", "query_mask", "negative_mask", "positive_rows",
                     "negative_rows", "task_counts")
 
     def arrays(self) -> Dict[str, np.ndarray]:
-        """The array fields as a dict (a pytree to feed a jitted / vmapped step)."""
-        return {f: getattr(self, f) for f in self.ARRAY_FIELDS}
+        """The array fields as a dict (a pytree to feed a jitted / vmapped step), with
+        ``row_tasks`` in the union layout."""
+        out = {f: getattr(self, f) for f in self.ARRAY_FIELDS}
+        if self.row_tasks is not None:
+            out["row_tasks"] = self.row_tasks
+        return out
 
 
 def _passage_texts(table: PassageTable, rows: Sequence[int]) -> List[str]:
@@ -115,7 +122,7 @@ def _passage_texts(table: PassageTable, rows: Sequence[int]) -> List[str]:
 
 def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[str, TaskData],
                      tokenizer: Tokenization, table: PassageTable, passage_len: int,
-                     num_negatives: int, marker: str = "prefix", *,
+                     num_negatives: int, marker="prefix", *,
                      rng: np.random.Generator, query_len: Optional[int] = None,
                      row_multiple: int = 1) -> StepBatch:
     """Stacks one step's per-task sub-batches into equal-shape arrays (see module doc).
@@ -128,9 +135,11 @@ def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[
       table: the passage table the positive / negative rows point into.
       passage_len: passage length in tokens (title + text, truncated, padded).
       num_negatives: hard negatives per example ``H`` (missing ones are masked).
-      marker: ``"prefix"``, ``"type"`` or ``"none"`` (``Task.format_query``).
+      marker: a ``QueryFormat`` or a marker name (``"prefix"``, ``"type"``, ``"none"``).
       rng: seeded generator choosing one positive per example.
-      query_len: common query length; default the largest task query length.  Tasks
+      query_len: common query length; default the largest task query length
+        (``Tokenization.query_length``, the marker's tokens added when the format
+        leaves them out of the task's length).  Tasks
         with a longer max length are truncated to it (keeping the closing [SEP]).
       row_multiple: pad the per-task rows ``B`` up to a multiple of this (e.g. the
         number of data-parallel devices, so the rows split evenly across them).
@@ -157,7 +166,8 @@ def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[
         n = len(task_data[t].examples)
         if idx[t].size and (idx[t].min() < 0 or idx[t].max() >= n):
             raise IndexError(f"task {t!r}: example index out of range [0, {n}): {idx[t]}")
-    own_len = [task_data[t].task.max_query_len for t in names]
+    fmt = query_format(marker)
+    own_len = [tokenizer.query_length(task_data[t].task, fmt) for t in names]
     lq = int(query_len) if query_len is not None else max(own_len)
     if lq <= 0:
         raise ValueError(f"query_len must be > 0, got {query_len}")
@@ -184,7 +194,7 @@ def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[
         data, ii = task_data[t], idx[t]
         n = ii.size
         counts[ki] = n
-        task_lens[ki] = min(data.task.max_query_len, lq)
+        task_lens[ki] = min(own_len[ki], lq)
         if n == 0:
             continue
         exs = [data.examples[i] for i in ii]
@@ -198,7 +208,7 @@ def build_step_batch(step_indices: Mapping[str, np.ndarray], task_data: Mapping[
         positive_rows[ki, :n] = pos
         negative_rows[ki, :n] = negs
 
-        texts = [data.task.format_query(ex.query, marker) for ex in exs]
+        texts = [fmt.text(data.task, ex.query) for ex in exs]
         qi, qm = tokenizer.encode(texts, int(task_lens[ki]))
         query_ids[ki, :n, :qi.shape[1]] = qi
         query_tok[ki, :n, :qi.shape[1]] = qm

@@ -100,14 +100,73 @@ class Task:
             text = mention_window(text, self.max_query_len)
         if marker == "none":
             return text
-        if marker == "prefix":
-            return f"{self.prefix} {sep} {text}"
-        if marker == "type":
-            return f"{self.task_type} {sep} {text}"
-        raise ValueError(f"unknown query marker {marker!r}; use 'prefix', 'type' or 'none'")
+        if marker not in ("prefix", "type"):
+            raise ValueError(f"unknown query marker {marker!r}; use 'prefix', 'type' or 'none'")
+        name = self.prefix if marker == "prefix" else self.task_type
+        return f"{name} {sep} {text}" if sep else f"{name} {text}"
 
 
 WINDOWS = ("start", "mention")
+
+# How a marker is joined to the query (``QueryFormat.marker_format``): the separator
+# between the dataset name (or task type) and the query text.
+MARKER_FORMATS: Dict[str, str] = {
+    "sep": "[SEP]",             # "NQ [SEP] query": this project's first format (BERT's token)
+    "sentinel": "<extra_id_1>",  # "NQ <extra_id_1> query": TACO's public code (a T5 token)
+    "plain": "",                # "NQ query": the name alone
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryFormat:
+    """How every query of a run is written and how long it may be, in training,
+    validation, ANCE mining and retrieval alike.
+
+    Attributes:
+      marker: ``"prefix"`` (dataset name, TACO), ``"type"`` (task type, MT-DPR's variant)
+        or ``"none"``.
+      marker_format: the separator after the marker, a ``MARKER_FORMATS`` key. TACO's
+        paper says only that the dataset name is prepended to the query (Section 4.1);
+        its public code writes ``"NQ <extra_id_1> query"`` ("sentinel", a T5 sentinel
+        token), which is what its reported runs used.
+      marker_in_len: the task's ``max_query_len`` counts the marker's tokens (True, this
+        project's first convention) or applies to the query text alone, the marker's
+        tokens coming on top (False: TACO's Table 5 lengths exclude the prefix; its
+        public code cuts the text to 32 tokens and then allows 36 with the prefix).
+    """
+
+    marker: str = "prefix"
+    marker_format: str = "sep"
+    marker_in_len: bool = True
+
+    def __post_init__(self):
+        if self.marker not in ("prefix", "type", "none"):
+            raise ValueError(f"unknown query marker {self.marker!r}; use 'prefix', 'type' or "
+                             "'none'")
+        if self.marker_format not in MARKER_FORMATS:
+            raise ValueError(f"unknown marker format {self.marker_format!r}; known: "
+                             f"{sorted(MARKER_FORMATS)}")
+
+    def text(self, task: Task, text: str) -> str:
+        """``text`` as the model reads it (``Task.format_query`` with this format)."""
+        return task.format_query(text, self.marker, sep=MARKER_FORMATS[self.marker_format])
+
+    def marker_text(self, task: Task) -> str:
+        """The words put before a query of ``task`` ("" without a marker)."""
+        return self.text(task, "").strip() if self.marker != "none" else ""
+
+    def length(self, task: Task, marker_tokens: int = 0, cap: Optional[int] = None) -> int:
+        """Token length of ``task``'s queries: its ``max_query_len``, plus the marker's
+        ``marker_tokens`` unless ``marker_in_len``, at most ``cap``."""
+        n = task.max_query_len + (0 if self.marker_in_len or self.marker == "none"
+                                  else int(marker_tokens))
+        return min(n, int(cap)) if cap else n
+
+
+def query_format(marker) -> QueryFormat:
+    """``marker`` as a ``QueryFormat``: a marker name (``"prefix"`` ...) means that marker
+    with the default format and length convention."""
+    return marker if isinstance(marker, QueryFormat) else QueryFormat(marker)
 START_ENT, END_ENT = "[START_ENT]", "[END_ENT]"
 
 

@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tokenizers import Tokenizer
 
-from multiret_jax.data.tasks import Task
+from multiret_jax.data.tasks import Task, query_format
 
 
 class Tokenization:
@@ -123,12 +123,31 @@ class Tokenization:
             mask[i, :n] = 1
         return ids, mask
 
-    def encode_queries(self, task: Task, texts: Sequence[str], marker: str = "prefix",
-                       pad_to_multiple_of: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Formats queries for ``task`` (prefix / type marker / none) and encodes them
-        with the task's max query length."""
-        return self.encode([task.format_query(t, marker) for t in texts], task.max_query_len,
-                           pad_to_multiple_of)
+    def encode_queries(self, task: Task, texts: Sequence[str], marker="prefix",
+                       pad_to_multiple_of: Optional[int] = None,
+                       cap: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Formats queries for ``task`` (``marker``: a ``QueryFormat`` or a marker name)
+        and encodes them with the task's query length (``query_length``)."""
+        fmt = query_format(marker)
+        return self.encode([fmt.text(task, t) for t in texts],
+                           self.query_length(task, fmt, cap), pad_to_multiple_of)
+
+    def marker_tokens(self, task: Task, marker) -> int:
+        """Tokens that ``marker`` (a ``QueryFormat`` or a marker name) adds to a query of
+        ``task``: measured on a one-word query, so the count is the tokenizer's own."""
+        fmt = query_format(marker)
+        key = (task.name, fmt)
+        cache = self.__dict__.setdefault("_marker_tokens", {})
+        if key not in cache:
+            count = lambda text: len(self.tokenizer.encode(text).ids)
+            cache[key] = max(0, count(fmt.text(task, "query")) - count("query"))
+        return cache[key]
+
+    def query_length(self, task: Task, marker, cap: Optional[int] = None) -> int:
+        """Token length of ``task``'s queries under ``marker`` (``QueryFormat.length``, the
+        marker's tokens counted by this tokenizer), at most ``cap``."""
+        fmt = query_format(marker)
+        return fmt.length(task, self.marker_tokens(task, fmt), cap)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids if i != self.pad_id])

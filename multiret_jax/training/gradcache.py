@@ -57,7 +57,8 @@ def _backprop(encode: EncodeFn, params: Any, grads: Any, chunks: Any, rngs: Opti
 def cached_value_and_grad(embedding_loss: Callable[[jax.Array, jax.Array], jax.Array],
                           encode_queries: EncodeFn, encode_passages: EncodeFn, params: Any,
                           query_inputs: Any, passage_inputs: Any, chunk_size: int,
-                          rng: Optional[jax.Array] = None) -> Tuple[jax.Array, Any]:
+                          rng: Optional[jax.Array] = None,
+                          has_aux: bool = False) -> Tuple[Any, Any]:
     """Loss and parameter gradient of ``embedding_loss(encode_q(...), encode_p(...))``.
 
     Args:
@@ -68,8 +69,10 @@ def cached_value_and_grad(embedding_loss: Callable[[jax.Array, jax.Array], jax.A
         ``chunk_size`` (e.g. ``(input_ids, attention_mask)``).
       chunk_size: rows encoded at once.
       rng: dropout key (None: deterministic encoders).
+      has_aux: ``embedding_loss`` returns ``(loss, aux)`` (as ``jax.value_and_grad``'s).
     Returns:
-      (loss, grads) equal to ``jax.value_and_grad`` of the uncached computation.
+      (loss, grads) equal to ``jax.value_and_grad`` of the uncached computation
+      (``((loss, aux), grads)`` with ``has_aux``).
     """
     q_chunks, nq = _chunk(query_inputs, chunk_size)
     p_chunks, np_ = _chunk(passage_inputs, chunk_size)
@@ -78,7 +81,8 @@ def cached_value_and_grad(embedding_loss: Callable[[jax.Array, jax.Array], jax.A
     frozen = jax.lax.stop_gradient(params)
     q_emb = _embed(encode_queries, frozen, q_chunks, rq)
     p_emb = _embed(encode_passages, frozen, p_chunks, rp)
-    loss, (gq, gp) = jax.value_and_grad(embedding_loss, argnums=(0, 1))(q_emb, p_emb)
+    loss, (gq, gp) = jax.value_and_grad(embedding_loss, argnums=(0, 1),
+                                        has_aux=has_aux)(q_emb, p_emb)
     grads = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
     grads = _backprop(encode_queries, params, grads, q_chunks, rq, gq)
     grads = _backprop(encode_passages, params, grads, p_chunks, rp, gp)

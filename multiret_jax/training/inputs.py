@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 from tqdm import tqdm
@@ -14,6 +14,7 @@ from tqdm import tqdm
 from multiret_jax.data import kilt
 from multiret_jax.data.batching import TaskData
 from multiret_jax.data.bm25 import BM25Retriever
+from multiret_jax.data.mixing import downsample
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import training_examples
 from multiret_jax.data.tasks import Task
@@ -24,12 +25,17 @@ from multiret_jax.training import distributed
 def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm25: BM25Retriever,
                    num_negatives: int, min_bleu: Optional[float],
                    max_examples: Optional[int] = None, seed: int = 0,
-                   progress: bool = True) -> Dict[str, TaskData]:
-    """Training examples per task with their top BM25 hard negatives.
+                   progress: bool = True, caps: Optional[Mapping[str, int]] = None
+                   ) -> Tuple[Dict[str, TaskData], Dict[str, int]]:
+    """Training examples per task with their top BM25 hard negatives, and each task's
+    number of examples before ``caps``.
 
     ``max_examples`` keeps a seeded random subset of that many examples per task
-    (few-shot fine-tuning: 128 / 1,024)."""
-    examples_of = {}
+    (few-shot fine-tuning: 128 / 1,024). ``caps`` (``{task: cap}``, TACO's downsampling of
+    T-REx and zsRE) then keeps a seeded random subset of at most ``cap`` examples
+    (``mixing.downsample``: the same subset on every process and every resume), before
+    the BM25 search, so the dropped examples cost nothing."""
+    examples_of, sizes = {}, {}
     for task in tasks:
         path = os.path.join(data_dir, task.filename("train"))
         records = kilt.read_task_file(path)
@@ -43,6 +49,10 @@ def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm
             keep = sorted(random.Random(f"{seed}/{task.name}").sample(range(len(examples)),
                                                                        max_examples))
             examples = [examples[i] for i in keep]
+        sizes[task.name] = len(examples)
+        cap = (caps or {}).get(task.name)
+        if cap is not None and len(examples) > cap:
+            examples = [examples[i] for i in downsample(len(examples), cap, seed, task.name)]
         examples_of[task] = examples
     out = {}
     with tqdm(total=sum(map(len, examples_of.values())), desc="BM25 negatives", unit=" queries",
@@ -52,7 +62,7 @@ def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm
             negs = bm25.hard_negatives(rows, [e.positives for e in examples], num=num_negatives)
             out[task.name] = TaskData(task, examples, negs)
             bar.update(len(examples))
-    return out
+    return out, sizes
 
 
 def training_tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Optional[str],

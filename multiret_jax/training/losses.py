@@ -73,13 +73,25 @@ def nce_loss(queries: jax.Array, positives: jax.Array, negatives: Optional[jax.A
     Returns:
       Scalar float32 loss; 0 when the sub-batch has no real query.
     """
+    nll = nce_nll(queries, positives, negatives, query_mask, negative_mask, positive_ids,
+                  negative_ids, temperature)
+    b = queries.shape[0]
+    qm = jnp.ones((b,), jnp.float32) if query_mask is None else query_mask.astype(jnp.float32)
+    return jnp.sum(nll * qm) / jnp.maximum(jnp.sum(qm), 1.0)
+
+
+def nce_nll(queries: jax.Array, positives: jax.Array, negatives: Optional[jax.Array] = None,
+            query_mask: Optional[jax.Array] = None, negative_mask: Optional[jax.Array] = None,
+            positive_ids: Optional[jax.Array] = None, negative_ids: Optional[jax.Array] = None,
+            temperature: float = 1.0) -> jax.Array:
+    """Per-query NCE loss [B] (``-log p(own positive)``; padded rows hold finite garbage
+    that the caller masks): ``nce_loss`` is its mean over real queries, and a union batch
+    (``training/step.py``) also averages it per task for logging."""
     logits = nce_logits(queries, positives, negatives, query_mask, negative_mask,
                         positive_ids, negative_ids) / temperature
     b = queries.shape[0]
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -log_probs[jnp.arange(b), jnp.arange(b)]
-    qm = jnp.ones((b,), jnp.float32) if query_mask is None else query_mask.astype(jnp.float32)
-    return jnp.sum(nll * qm) / jnp.maximum(jnp.sum(qm), 1.0)
+    return -log_probs[jnp.arange(b), jnp.arange(b)]
 
 
 def in_batch_accuracy(queries: jax.Array, positives: jax.Array, negatives: Optional[jax.Array] = None,

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.gin"
 # Settings that change how a run is executed, not what it trains: they may differ on resume.
 IGNORED = frozenset({"train.halt_after", "train.coordinator_address", "train.num_processes",
-                     "train.process_id", "train.keep", "train.allow_config_change"})
+                     "train.process_id", "train.keep", "train.allow_config_change",
+                     "train.dry_run"})
 # Files whose presence means the directory holds training state.
 STATE_MARKERS = ("checkpoints", "final_params.safetensors", "summary.json")
 

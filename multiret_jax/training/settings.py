@@ -8,6 +8,8 @@ from typing import Any
 
 from multiret_jax.data.passages import CHUNK_MODES
 from multiret_jax.index.faiss_index import check_index_spec
+from multiret_jax.data.tasks import MARKER_FORMATS
+from multiret_jax.training.plan import check_plan_settings
 from multiret_jax.training.schedules import SCHEDULES
 
 # train() parameters that must be integers >= the bound (None allowed for the Optional ones).
@@ -49,6 +51,13 @@ def check_settings(s: Any) -> None:
         bad.append(f"train.chunk_mode must be one of {CHUNK_MODES}, got {s.chunk_mode!r}")
     if s.lr_schedule not in SCHEDULES:
         bad.append(f"train.lr_schedule must be one of {sorted(SCHEDULES)}, got {s.lr_schedule!r}")
+    if s.marker_format not in MARKER_FORMATS:
+        bad.append(f"train.marker_format must be one of {sorted(MARKER_FORMATS)}, got "
+                   f"{s.marker_format!r}")
+    for name in ("lr_per_phase", "marker_in_query_len"):
+        if not isinstance(getattr(s, name), bool):
+            bad.append(f"train.{name} must be True or False, got {getattr(s, name)!r}")
+    bad += check_plan_settings(s)
     if s.ance_index_spec:
         try:
             check_index_spec(s.ance_index_spec)

@@ -52,6 +52,7 @@ from multiret_jax.training.gradcache import cached_value_and_grad
 # faster and suits compile-bound tiny runs with equal shapes (runs/tiny.gin).
 DEFAULT_PER_TASK = "unrolled"
 PER_TASK_PATHS = ("vmap", "unrolled")
+BATCHING_MODES = ("per_task", "union")
 
 State = Dict[str, Any]
 
@@ -138,12 +139,75 @@ def make_task_loss(model: BiEncoder, temperature: float = 1.0,
     return cached
 
 
+def make_union_loss(model: BiEncoder, towers: Any, temperature: float = 1.0,
+                    grad_cache_chunk: Optional[int] = None) -> Callable:
+    """``(params, batch, rng) -> ((loss, task_losses [K]), grads)`` for a union batch
+    (``data/union.py``: one group of B rows of mixed tasks, ``row_tasks [B]``): ONE NCE
+    over all B queries, each scored against every positive and hard negative of the batch
+    (MT-DPR), averaged over the real queries so every example weighs the same;
+    ``task_losses`` is each task's mean NLL within that loss (logging only). With several
+    query towers each row goes through its task's tower (every distinct tower encodes the
+    batch's queries once and each row keeps its own: T times the query-encoder work)."""
+    tower_of_task = np.asarray(towers, np.int32)
+    distinct = sorted({int(t) for t in tower_of_task})
+    k_tasks = len(tower_of_task)
+
+    def encode_q(params, ids, mask, row_tasks, rng):
+        rngs = None if rng is None else {"dropout": rng}
+        if len(distinct) == 1:
+            return model.encode_queries(params, ids, mask, tower=distinct[0],
+                                        deterministic=False, rngs=rngs)
+        row_tower = jnp.asarray(tower_of_task)[jnp.maximum(row_tasks, 0)]
+        out = None
+        for t in distinct:
+            q = model.encode_queries(params, ids, mask, tower=t, deterministic=False, rngs=rngs)
+            out = q if out is None else jnp.where((row_tower == t)[:, None], q, out)
+        return out
+
+    def embedding_loss(tb, q, cands):
+        b, h = tb["negative_mask"].shape
+        nll = losses.nce_nll(q, cands[:b], cands[b:].reshape(b, h, -1), tb["query_mask"],
+                             tb["negative_mask"], tb["positive_rows"], tb["negative_rows"],
+                             temperature=temperature)
+        real = tb["query_mask"].astype(jnp.float32)
+        loss = jnp.sum(nll * real) / jnp.maximum(jnp.sum(real), 1.0)
+        member = (tb["row_tasks"][:, None] == jnp.arange(k_tasks)[None]) * real[:, None]
+        per_task = jnp.sum(nll[:, None] * member, 0) / jnp.maximum(jnp.sum(member, 0), 1.0)
+        return loss, per_task
+
+    def passage_inputs(tb):
+        b, h, lp = tb["neg_ids"].shape
+        return (jnp.concatenate([tb["pos_ids"], tb["neg_ids"].reshape(b * h, lp)]),
+                jnp.concatenate([tb["pos_mask"], tb["neg_mask"].reshape(b * h, lp)]))
+
+    def enc_p(params, x, rng):
+        return model.encode_passages(params, *x, deterministic=False,
+                                     rngs=None if rng is None else {"dropout": rng})
+
+    def value_and_grad(params, batch, rng):
+        tb = {k: v[0] for k, v in batch.items() if k != "task_counts"}
+        q_inputs = (tb["query_ids"], tb["query_mask_tokens"], tb["row_tasks"])
+        if grad_cache_chunk is not None:
+            return cached_value_and_grad(
+                lambda q, c: embedding_loss(tb, q, c), lambda p, x, r: encode_q(p, *x, r),
+                enc_p, params, q_inputs, passage_inputs(tb), grad_cache_chunk, rng,
+                has_aux=True)
+
+        def loss(p):
+            rq, rp = jax.random.split(rng)
+            return embedding_loss(tb, encode_q(p, *q_inputs, rq),
+                                  enc_p(p, passage_inputs(tb), rp))
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    return value_and_grad
+
+
 def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
                     towers: jnp.ndarray, *, mesh: Optional[Mesh] = None,
                     state_sharding: Any = None, batch_sharding: Any = None,
                     temperature: float = 1.0, per_task: str = DEFAULT_PER_TASK,
                     grad_cache_chunk: Optional[int] = None,
-                    task_shapes: Optional[Any] = None) -> Callable:
+                    task_shapes: Optional[Any] = None, batching: str = "per_task") -> Callable:
     """The jitted train step.
 
     Args:
@@ -159,14 +223,24 @@ def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
         every task); None computes the loss in one pass.
       task_shapes: for ``"unrolled"``, per task ``(rows, query_len)`` to slice to; None
         keeps every task at the batch's stacked (padded) shape.
+      batching: ``"per_task"`` (one loss and one gradient per task, stacked for the
+        multitask transform) or ``"union"`` (MT-DPR: one loss over a union batch,
+        ``make_union_loss``; the transform gets a task axis of 1, so it must be
+        ``naive``, and ``task_losses`` are the per-task means within that loss).
     Returns:
       ``step(state, batch) -> (new_state, task_losses [K])`` with the state donated.
     """
     if per_task not in PER_TASK_PATHS:
         raise ValueError(f"unknown per_task path {per_task!r}; known: {PER_TASK_PATHS}")
+    if batching not in BATCHING_MODES:
+        raise ValueError(f"unknown batching {batching!r}; known: {BATCHING_MODES}")
     value_and_grad = make_task_loss(model, temperature, grad_cache_chunk)
+    union_value_and_grad = make_union_loss(model, towers, temperature, grad_cache_chunk)
 
     def per_task_grads(params, batch, rng):
+        if batching == "union":
+            (_, task_losses), grads = union_value_and_grad(params, batch, rng)
+            return task_losses, jax.tree_util.tree_map(lambda g: g[None], grads)
         if per_task == "vmap":
             return jax.vmap(value_and_grad, in_axes=(None, 0, 0, None))(params, batch, towers, rng)
         outs = []
@@ -181,7 +255,8 @@ def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
         rng, sub = jax.random.split(state["rng"])
         task_losses, grads = per_task_grads(state["params"], batch, sub)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"],
-                                       task_losses=task_losses, task_counts=batch["task_counts"])
+                                       task_losses=task_losses, task_counts=batch["task_counts"],
+                                       step=state["step"])
         finite = jnp.all(jnp.isfinite(task_losses))
         # the gradients too: a multitask transform returns a zero update for a non-finite
         # one (its own guard), which AdamW would still apply (momentum, weight decay)
