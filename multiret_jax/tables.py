@@ -74,9 +74,14 @@ def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: in
     Returns:
       The table as a string.
     """
+    header, body = table_cells(rows, tasks, digits, signed)
+    return render(header, body, fmt)
+
+
+def render(header: Sequence[str], body: Sequence[Sequence[str]], fmt: str = "text") -> str:
+    """Header and body cells as aligned text, Markdown or CSV."""
     if fmt not in ("text", "markdown", "csv"):
         raise ValueError(f"unknown table format {fmt!r}; use text, markdown or csv")
-    header, body = table_cells(rows, tasks, digits, signed)
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf).writerows([header] + body)
@@ -89,6 +94,48 @@ def format_table(rows: Rows, tasks: Sequence[str], fmt: str = "text", digits: in
     out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                      enumerate(zip(r, widths))) for r in [header] + body]
     return "\n".join(out) + "\n"
+
+
+def seed_statistics(per_seed: Sequence[Mapping[str, Optional[float]]],
+                    tasks: Sequence[str]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Mean and sample standard deviation over seeds, per task and of the average.
+
+    Args:
+      per_seed: one ``{task: value}`` per seed (a missing / None task is left out).
+      tasks: the task columns.
+    Returns:
+      ``{"mean": {task..., "Avg"}, "std": {...}, "n": {...}}``: "Avg" is each seed's
+      average over its tasks, then averaged over seeds (so its spread is the seeds'); std
+      is None with fewer than 2 values.
+    """
+    cols = ordered_tasks(tasks)
+    values = {c: [] for c in cols + ["Avg"]}
+    for run in per_seed:
+        row = with_average({t: run.get(t) for t in cols})
+        for c, v in row.items():
+            if v is not None:
+                values[c].append(float(v))
+    out = {"mean": {}, "std": {}, "n": {}}
+    for c, vs in values.items():
+        n = len(vs)
+        mean = sum(vs) / n if n else None
+        out["mean"][c], out["n"][c] = mean, n
+        out["std"][c] = (sum((v - mean) ** 2 for v in vs) / (n - 1)) ** 0.5 if n > 1 else None
+    return out
+
+
+def mean_std_cells(stats: Mapping[str, Mapping[str, Mapping[str, Optional[float]]]],
+                   tasks: Sequence[str], digits: int = 2) -> Tuple[List[str], List[List[str]]]:
+    """Header and body cells ``"mean ± std"`` for rows of ``seed_statistics``."""
+    cols = ordered_tasks(tasks) + ["Avg"]
+    header = [""] + [_header(t) for t in cols[:-1]] + ["Avg"]
+
+    def cell(st, c):
+        m, sd = st["mean"].get(c), st["std"].get(c)
+        if m is None:
+            return "-"
+        return f"{m:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+    return header, [[name] + [cell(st, c) for c in cols] for name, st in stats.items()]
 
 
 def write_tables(prefix: str, rows: Rows, tasks: Sequence[str], signed: bool = False,

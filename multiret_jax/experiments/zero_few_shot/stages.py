@@ -88,7 +88,7 @@ def shell_line(cmd: Sequence[str]) -> str:
     return " ".join(q(a) for a in cmd)
 
 
-def _run_logged(cmd: Sequence[str], log_path: str, quiet: bool,
+def run_logged(cmd: Sequence[str], log_path: str, quiet: bool,
                 env: Optional[Dict[str, str]] = None) -> int:
     """Runs ``cmd``, its stdout+stderr to ``log_path`` (appended) and, unless quiet, to ours.
     Returns its exit status."""
@@ -147,7 +147,7 @@ def run_stage(st: Stage, head: str, tasks: Sequence[str], quiet: bool = False,
     say(f"{head}: {'resuming' if state == 'partial' else 'running'} "
         f"(log {log_path})\n  $ {shell_line(st.command())}")
     t0 = time.time()
-    rc = _run_logged(st.command(), log_path, quiet, env)
+    rc = run_logged(st.command(), log_path, quiet, env)
     st.seconds = time.time() - t0
     if rc != 0 or stage_state(st, tasks) != "done":
         raise RuntimeError(f"{head} failed (exit status {rc}); rerun the same command "
