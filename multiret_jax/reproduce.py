@@ -218,7 +218,8 @@ class RunFailed(ValueError):
 
 def reproduce(table: str, setting_name: str, seeds: int, out_dir: str,
               data_dir: Optional[str] = None, checkpoint_dir: Optional[str] = None,
-              quiet: bool = True, gin_params: Sequence[str] = ()) -> dict:
+              quiet: bool = True, gin_params: Sequence[str] = (),
+              minikilt_scale: float = 1.0) -> dict:
     """Trains every (row, seed) of ``table`` in the setting, then writes the table.
 
     Args:
@@ -229,6 +230,7 @@ def reproduce(table: str, setting_name: str, seeds: int, out_dir: str,
         directory to use instead of generating one (``tiny``).
       quiet: the runs' output to their logs only.
       gin_params: bindings added to every run (e.g. shorter runs).
+      minikilt_scale: size of the mini-KILT generated for ``tiny`` (1: the tiny configs').
     Returns:
       The table's JSON content.
     Raises:
@@ -242,9 +244,9 @@ def reproduce(table: str, setting_name: str, seeds: int, out_dir: str,
     setting = SETTINGS[setting_name]
     out_dir = os.path.abspath(out_dir)
     binds = list(gin_params)
-    if setting_name == "tiny":  # one mini-KILT for every run and seed
-        data_dir = data_dir or os.path.join(out_dir, "minikilt")
-        minikilt.generate(data_dir, seed=0)
+    if setting_name == "tiny" and data_dir is None:  # one mini-KILT for every run and seed
+        data_dir = os.path.join(out_dir, "minikilt")
+        minikilt.generate(data_dir, scale=minikilt_scale, seed=0)
     elif setting_name == "kilt" and not (data_dir and checkpoint_dir):
         raise ValueError("--setting=kilt needs --data_dir (the KILT files and knowledge "
                          "source) and --checkpoint_dir (the HF checkpoint)")
@@ -335,6 +337,8 @@ def define_flags() -> None:
     flags.DEFINE_string("data_dir", None, "KILT files (--setting=kilt; tiny: a mini-KILT).")
     flags.DEFINE_string("checkpoint_dir", None, "HF checkpoint directory (--setting=kilt).")
     flags.DEFINE_boolean("quiet", True, "Runs' output to their train.log only.")
+    flags.DEFINE_float("minikilt_scale", 1.0, "Size of the mini-KILT generated for "
+                       "--setting=tiny.", lower_bound=0.01)
     flags.DEFINE_multi_string("gin_param", [], "A binding added to every run (e.g. "
                               "TRAIN_STEPS=100 for shorter runs).")
     flags.mark_flags_as_required(["table", "out_dir"])
@@ -345,7 +349,7 @@ def main(argv):
         raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.setup_logging()
     reproduce(FLAGS.table, FLAGS.setting, FLAGS.seeds, FLAGS.out_dir, FLAGS.data_dir,
-              FLAGS.checkpoint_dir, FLAGS.quiet, FLAGS.gin_param)
+              FLAGS.checkpoint_dir, FLAGS.quiet, FLAGS.gin_param, FLAGS.minikilt_scale)
 
 
 TOOL = "reproduce"

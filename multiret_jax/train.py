@@ -49,14 +49,14 @@ from absl import app, flags
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from multiret_jax import cli, partitioning, tables
+from multiret_jax import cli, partitioning
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import TaskData, build_step_batch
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.mixing import MixingSampler
 from multiret_jax.data.union import UnionSampler, union_batch
 from multiret_jax.data.passages import PassageTable
-from multiret_jax.data.tasks import QueryFormat, benchmark_tasks, get_task
+from multiret_jax.data.tasks import benchmark_tasks, get_task
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.gin_utils import define_gin_flags, parse_gin
 from multiret_jax.models.encoders import build_biencoder
@@ -71,11 +71,12 @@ from multiret_jax.training.scalars import ScalarLogger, write_summary
 from multiret_jax.training.step import (DEFAULT_PER_TASK, batch_shardings, init_train_state,
                                         make_train_step, put_batch, state_shardings,
                                         task_shapes_of)
-from multiret_jax.training.validation import ranking_metrics, validate
+from multiret_jax.training.report import comparison_table, final_report
+from multiret_jax.training.validation import validate
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE, TABLE_PREFIX = "summary.json", "table"
+SUMMARY_FILE = "summary.json"
 
 
 # ---------------------------------------------------------------------------------- settings
@@ -201,7 +202,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
     run_config.check_and_save(model_dir, config, allow_config_change, write=main_process,
                               defaults=defaults)
-    the_plan = make_run_plan(s, sizes, data, tokenizer, main_process)
+    the_plan = training_plan.run_plan(s, sizes, data, tokenizer, main_process)
     plan = ance.EpisodePlan(the_plan["phases"][0]["steps"], ance_episodes,
                             the_plan["phases"][-1]["steps"] if ance_episodes else 0)
     mt, tx, schedule = make_optimizer(s, the_plan, len(data))
@@ -313,35 +314,12 @@ def prepare_model(s: Settings, table: PassageTable, data: Dict[str, TaskData]):
     if max_pos is not None:  # absolute positions cap every length (e.g. tiny BERT: 128)
         passage_len, eval_len = min(passage_len, max_pos), min(eval_len, max_pos)
         query_len = min(query_len or max_pos, max_pos)
-    fmt = query_format_of(s)
+    fmt = training_plan.query_format_of(s)
     vocab_texts = lambda: table.contents() + [fmt.text(d.task, e.query)
                                               for d in data.values() for e in d.examples]
     tokenizer = training_tokenizer(s.model_dir, s.tokenizer_dir, model.source_dir, vocab_texts,
                            cfg.vocab_size, s.init_from)
     return model, params, cfg, tokenizer, Lengths(passage_len, eval_len, query_len)
-
-
-def query_format_of(s: Settings) -> QueryFormat:
-    """The run's ``QueryFormat`` (marker, its format, the length convention)."""
-    return QueryFormat(s.marker, s.marker_format, s.marker_in_query_len)
-
-
-def make_run_plan(s: Settings, sizes: Dict[str, int], data: Dict[str, TaskData],
-                  tokenizer: Tokenization, main_process: bool) -> dict:
-    """The plan of this run from its data (``training/plan.py``), logged and written to
-    ``<model_dir>/plan.json``."""
-    if s.task_sizes:
-        log.info("train.task_sizes is for --dry_run; this run counts its data: %s", sizes)
-    fmt = query_format_of(s)
-    marker_tokens = {n: tokenizer.marker_tokens(d.task, fmt) for n, d in data.items()}
-    method, options = training_plan.multitask_setting()
-    plan = training_plan.make_plan(s, sizes, marker_tokens, {n: d.task for n, d in data.items()},
-                                   method, options, "the training data (after the "
-                                   "provenance filter)", "the run's tokenizer")
-    log.info("training plan:\n%s", training_plan.format_plan(plan))
-    if main_process:
-        training_plan.write_plan(os.path.join(s.model_dir, training_plan.PLAN_FILE), plan)
-    return plan
 
 
 # ------------------------------------------------------------------------------ 4. optimizer
@@ -387,7 +365,7 @@ def compile_step(run: Run, model, tx, state, state_sh, mesh, row_multiple: int, 
     sampler = (UnionSampler(sizes, s.global_batch, seed=s.seed) if union else
                MixingSampler(sizes, s.global_batch, c=s.mixing_c, seed=s.seed))
     union_rows = -(-s.global_batch // row_multiple) * row_multiple
-    fmt = query_format_of(s)
+    fmt = training_plan.query_format_of(s)
 
     def make_batch(step):  # reads run.data: an ANCE episode swaps the negatives in
         batch = build_step_batch(sampler.batch(step), run.data, run.tokenizer, run.table,
@@ -490,7 +468,7 @@ def train_loop(run: Run, state, state_sh, step_fn, make_batch, batch_sh, ckpt, m
 def validate_now(run: Run, state, dev):
     """Dense validation on every process, with a process-local parameter copy."""
     return validate(run.model, distributed.host_local(state["params"]), run.tokenizer,
-                    run.table, dev, run.lens.eval_passage, query_format_of(run.s),
+                    run.table, dev, run.lens.eval_passage, training_plan.query_format_of(run.s),
                     progress=run.main_process, query_len=run.lens.query,
                     batch_size=run.s.eval_batch_size)
 
@@ -507,7 +485,7 @@ def use_episode(run: Run, episode: int, params_now) -> None:
         negs = ance.mine_episode(run.model, params_now, run.tokenizer, run.table, run.data,
                                  num=s.num_negatives, seed=s.seed + episode,
                                  passage_len=run.lens.eval_passage, query_len=run.lens.query,
-                                 marker=query_format_of(s), batch_size=s.eval_batch_size,
+                                 marker=training_plan.query_format_of(s), batch_size=s.eval_batch_size,
                                  depth=s.ance_depth, sample=s.ance_sample,
                                  index_spec=s.ance_index_spec, progress=run.main_process)
         if run.main_process:
@@ -542,36 +520,6 @@ def flat_params(params) -> Dict[str, np.ndarray]:
     return flat_numpy(distributed.to_numpy(params))
 
 
-def comparison_table(model_dir: str, bm25: BM25Retriever, table: PassageTable, dev, result,
-                     initial, step: int) -> str:
-    """Per-task R-precision x100 of BM25 next to the model (and its initial state), written
-    to ``<model_dir>/table.{txt,md,csv,json}``; returns the text."""
-    bm = {}
-    for name, records in dev.items():
-        records = [r for r in records if r.input is not None]
-        ranked, _ = bm25.search([r.input for r in records], k=100, show_progress=False)
-        bm[name] = ranking_metrics(records, ranked, table)
-    runs = [("BM25", bm)]
-    if initial is not None:
-        runs.append(("initial", initial["tasks"]))
-    if result is not None:
-        runs.append((f"trained ({step} steps)", result["tasks"]))
-    rows: Dict[str, Dict[str, Optional[float]]] = {}
-    for label, per_task in runs:
-        rows[f"{label} page R-prec"] = {t: 100 * r["page_rprec"] for t, r in per_task.items()}
-    for label, per_task in runs:
-        rows[f"{label} passage R-prec"] = {
-            t: None if r["passage_rprec"] is None else 100 * r["passage_rprec"]
-            for t, r in per_task.items()}
-    names = list(dev)
-    tables.write_tables(os.path.join(model_dir, TABLE_PREFIX), rows, names)
-    text = ("Dev-set KILT R-precision x100 (page level is the main metric; \"initial\" is "
-            "the untrained model):\n\n" + tables.format_table(rows, names))
-    with open(os.path.join(model_dir, TABLE_PREFIX + ".txt"), "w") as f:
-        f.write(text)
-    return text
-
-
 def _metrics(result):
     return None if result is None else {"avg_page_rprec": result["avg_page_rprec"],
                                         "tasks": result["tasks"]}
@@ -594,22 +542,6 @@ def main(argv):
                    dry_run=FLAGS.dry_run)
     if not FLAGS.dry_run:  # a dry run has printed its plan
         print(final_report(FLAGS.model_dir, result))
-
-
-def final_report(model_dir: str, summary: dict) -> str:
-    """The last thing on the screen: the comparison table (or the validation figures) and
-    where the run's files are."""
-    path = os.path.join(model_dir, TABLE_PREFIX + ".txt")
-    if os.path.isfile(path):
-        with open(path) as f:
-            body = f.read()
-    elif summary.get("validation"):
-        body = f"validation: average page R-prec {summary['validation']['avg_page_rprec']:.4f}\n"
-    else:
-        body = (f"{summary['completed_steps']} of {summary['steps']} steps done "
-                "(rerun the same command to resume)\n")
-    return (f"\n{body}\nThe run's files (checkpoints, final_params.safetensors, summary.json, "
-            f"table.*, config.gin, TensorBoard events in tb/) are in {model_dir}")
 
 
 def define_flags() -> None:

@@ -40,7 +40,7 @@ LAYERS: Dict[str, int] = {
     f"{PACKAGE}.training.scalars": 3, f"{PACKAGE}.training.inputs": 3, f"{PACKAGE}.training.distributed": 3,
     f"{PACKAGE}.training.run_config": 3, f"{PACKAGE}.training.settings": 3,
     f"{PACKAGE}.training.step": 4, f"{PACKAGE}.training.validation": 4,
-    f"{PACKAGE}.training.ance": 4, f"{PACKAGE}.train": 4,
+    f"{PACKAGE}.training.ance": 4, f"{PACKAGE}.training.report": 4, f"{PACKAGE}.train": 4,
     f"{PACKAGE}.evaluate": 5, f"{PACKAGE}.retrieve": 5, f"{PACKAGE}.experiments": 5,
     f"{PACKAGE}.reproduce": 5,
 }

@@ -98,10 +98,12 @@ def test_mtdpr_plan_is_union_128(tmp_path):
     # each task's expected share of a union batch is its share of the data
     for t, v in plan["tasks"].items():
         assert v["batch_size"] == pytest.approx(128 * used[t] / total, abs=0.01)
-    assert [(p["name"], p["steps"], p["multitask"]) for p in plan["phases"]] == \
-        [("train", 40000, "naive")]
+    steps = 80 * plan["steps_per_epoch"]  # up to 80 epochs
+    assert [(p["name"], p["steps"], p["epochs"], p["multitask"]) for p in plan["phases"]] == \
+        [("train", steps, 80, "naive")]
     assert plan["lr_schedule"]["name"] == "linear" and not plan["lr_schedule"]["per_phase"]
-    assert plan["lr_schedule"]["warmup_steps"] == 4000 and plan["num_negatives"] == 1
+    assert plan["lr_schedule"]["warmup_steps"] == int(0.1 * steps)
+    assert plan["num_negatives"] == 1
 
 
 def test_dry_run_counts_the_data_and_trains_nothing(tmp_path):

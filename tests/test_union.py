@@ -1,6 +1,7 @@
 """Union batching (MT-DPR): batches from the union of the tasks' examples, one NCE over the
 whole mixed batch, checked against a numpy NCE written here from the paper's definition."""
 
+import textwrap
 from collections import Counter
 
 import jax
@@ -14,7 +15,8 @@ from multiret_jax.data.batching import build_step_batch
 from multiret_jax.data.union import UnionSampler, union_batch
 from multiret_jax.models.encoders import build_biencoder
 from multiret_jax.training.step import init_train_state, make_train_step, make_union_loss
-from test_train_step import MODEL_OVERRIDES, NEGATIVES, PASSAGE_LEN, QUERY_LEN, MiniData
+from test_train_step import (LOSS_TOL, MODEL_OVERRIDES, NEGATIVES, PARAM_TOL, PASSAGE_LEN,
+                             QUERY_LEN, MiniData)
 
 ROWS = 24  # 20 examples per step, padded to a multiple of 8
 
@@ -150,3 +152,66 @@ def test_union_train_step_with_the_gradient_cache_equals_the_plain_one(mini):
                 for a, p in zip(out[0][0], jax.tree_util.tree_leaves(params)))
     for a, b in zip(out[0][0], out[1][0]):
         np.testing.assert_allclose(a, b, atol=1e-4 * scale)
+
+
+UNION_MESH_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from multiret_jax import multitask, partitioning
+    from multiret_jax.models.encoders import build_biencoder
+    from multiret_jax.training.step import (batch_shardings, init_train_state, make_train_step,
+                                            put_batch, state_shardings)
+    assert jax.device_count() == 8, jax.devices()
+    z = np.load(BATCH_FILE)
+    batches = [{k[:-2]: z[k] for k in z.files if k.endswith(f"_{i}")} for i in range(2)]
+    model, params, _ = build_biencoder("bert", "bert_tiny", shared=False,
+                                       config_overrides=MODEL_OVERRIDES)
+    params = jax.tree_util.tree_map(np.asarray, params)
+    towers = jnp.zeros((3,), jnp.int32)
+    tx = optax.chain(multitask.naive(num_tasks=1), optax.sgd(1.0, momentum=0.9))
+    leaves = lambda t: [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(t)]
+
+    def run(mesh=None):
+        state = init_train_state(jax.tree_util.tree_map(jnp.array, params), tx, seed=0)
+        kw, b_sh = {}, None
+        if mesh is not None:
+            s_sh = state_shardings(state, mesh)
+            b_sh = batch_shardings(batches[0], mesh)
+            state = jax.device_put(state, s_sh)
+            kw = dict(mesh=mesh, state_sharding=s_sh, batch_sharding=b_sh)
+        step = make_train_step(model, tx, towers, batching="union", **kw)
+        losses = []
+        for b in batches:
+            placed = put_batch(b, b_sh)
+            if mesh is not None:  # the union rows really split: 3 per device
+                assert all(sh.data.shape[1] == 3 for sh in placed["query_ids"].addressable_shards)
+                assert all(sh.data.shape[1] == 3 for sh in placed["row_tasks"].addressable_shards)
+            state, tl = step(state, placed)
+            losses.append(np.asarray(tl))
+        assert int(state["skipped"]) == 0
+        return np.stack(losses), leaves(state["params"])
+
+    ref_losses, ref = run()
+    losses, got = run(partitioning.make_mesh(1))
+    scale = max(np.max(np.abs(a - b)) for a, b in zip(ref, leaves(params)))
+    loss_err = float(np.max(np.abs(losses - ref_losses)))
+    err = max(np.max(np.abs(a - b)) for a, b in zip(got, ref)) / scale
+    print("union loss err", loss_err, "param err / largest update", err)
+    assert loss_err < LOSS_TOL and err < PARAM_TOL, (loss_err, err)
+    print("UNION_MESH_OK")
+""")
+
+
+def test_union_step_on_8_devices_equals_one_device(mini, tmp_path, run_on_8_devices):
+    """Cross-device negatives: the union batch's rows split over 8 data-parallel devices,
+    every query still scored against the whole batch (the loss is written for the global
+    batch), so two steps equal one device's."""
+    arrays = {}
+    for i in range(2):
+        _, union = _union(mini, step=i)
+        arrays.update({f"{k}_{i}": v for k, v in union.arrays().items()})
+    path = tmp_path / "union.npz"
+    np.savez(path, **arrays)
+    head = (f"BATCH_FILE = {str(path)!r}\nLOSS_TOL = {LOSS_TOL!r}\nPARAM_TOL = {PARAM_TOL!r}\n"
+            f"MODEL_OVERRIDES = {MODEL_OVERRIDES!r}\n")
+    out = run_on_8_devices(head + UNION_MESH_SCRIPT, "UNION_MESH_OK")
+    assert "union loss err" in out

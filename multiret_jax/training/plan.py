@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -37,6 +38,8 @@ from multiret_jax.data.tasks import QueryFormat, benchmark_tasks, get_task, task
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.multitask import build_method, from_step
 from multiret_jax.training.schedules import make_schedule
+
+log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.json"
 BATCHING = ("per_task", "union")
@@ -110,7 +113,7 @@ def make_plan(s: Any, sizes: Mapping[str, int], marker_tokens: Mapping[str, int]
                          "use multitask.method='naive' or train.batching='per_task'")
     used = capped_sizes(sizes, s.task_caps)
     batch_sizes, per_epoch = batch_plan(used, s.global_batch, s.mixing_c, s.batching)
-    fmt = QueryFormat(s.marker, s.marker_format, s.marker_in_query_len)
+    fmt = query_format_of(s)
     task_rows = {}
     for name, n in sizes.items():
         task = tasks[name]
@@ -173,6 +176,30 @@ def make_plan(s: Any, sizes: Mapping[str, int], marker_tokens: Mapping[str, int]
     }
 
 
+def query_format_of(s: Any) -> QueryFormat:
+    """The run's ``QueryFormat`` (``train.marker``, ``marker_format``,
+    ``marker_in_query_len``)."""
+    return QueryFormat(s.marker, s.marker_format, s.marker_in_query_len)
+
+
+def run_plan(s: Any, sizes: Mapping[str, int], data: Mapping[str, Any],
+             tokenizer: Tokenization, main_process: bool) -> Dict[str, Any]:
+    """The plan of a run from its data (``TaskData`` per task, example counts before the
+    caps) and its tokenizer: logged and written to ``<model_dir>/plan.json``."""
+    if s.task_sizes:
+        log.info("train.task_sizes is for --dry_run; this run counts its data: %s", sizes)
+    fmt = query_format_of(s)
+    marker_tokens = {n: tokenizer.marker_tokens(d.task, fmt) for n, d in data.items()}
+    method, options = multitask_setting()
+    plan = make_plan(s, sizes, marker_tokens, {n: d.task for n, d in data.items()}, method,
+                     options, "the training data (after the provenance filter)",
+                     "the run's tokenizer")
+    log.info("training plan:\n%s", format_plan(plan))
+    if main_process:
+        write_plan(os.path.join(s.model_dir, PLAN_FILE), plan)
+    return plan
+
+
 def multitask_setting() -> Tuple[str, dict]:
     """(method, options) as gin binds ``multitask.method`` / ``multitask.options``."""
     bound = gin.get_bindings(build_method)
@@ -225,7 +252,7 @@ def dry_run(s: Any, main_process: bool = True) -> Dict[str, Any]:
     if s.max_examples:
         sizes = {n: min(v, s.max_examples) for n, v in sizes.items()}
     tasks = {n: get_task(n) for n in sizes}
-    fmt = QueryFormat(s.marker, s.marker_format, s.marker_in_query_len)
+    fmt = query_format_of(s)
     tokenizer = _dry_run_tokenizer(s)
     if tokenizer is not None:
         marker_tokens = {n: tokenizer.marker_tokens(t, fmt) for n, t in tasks.items()}

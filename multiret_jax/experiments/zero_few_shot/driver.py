@@ -75,7 +75,8 @@ def _say_plan(stages: Sequence[Stage], tasks: Sequence[str], out: str, notes: Se
     for i, st in enumerate(stages, 1):
         c = st.config
         what = ("BM25 on the held-out dev sets" if st.kind == "bm25" else
-                f"{st.total_steps} steps x {c['global_batch']} queries, trains on "
+                (f"{c['epochs']:g} epochs" if st.total_steps is None else
+                 f"{st.total_steps} steps") + f" x {c['global_batch']} queries, trains on "
                 f"{'all tasks but ' + st.task if st.kind == 'loo' else st.task}" +
                 (f", max {c['max_examples']} examples" if c.get("max_examples") else "") +
                 (f" (~{st.passes:.0f} passes over them)" if st.kind == "few_shot" else ""))

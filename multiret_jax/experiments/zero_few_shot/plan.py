@@ -36,7 +36,7 @@ BM25 = "BM25"
 
 TRAIN_KEYS = ("data_dir", "tasks", "exclude_tasks", "val_tasks", "max_examples", "steps",
               "global_batch", "ance_episodes", "ance_episode_steps", "init_from",
-              "tokenizer_dir", "eval_at_start", "chunk_mode")
+              "tokenizer_dir", "eval_at_start", "chunk_mode", "epochs", "ance_episode_epochs")
 
 
 class PlanError(ValueError):
@@ -102,8 +102,13 @@ class Stage:
                 "flags": self.flags, "gin_params": self.gin_params}
 
     @property
-    def total_steps(self) -> int:
+    def total_steps(self) -> Optional[int]:
+        """The run's steps; None when given in epochs (``training/plan.py``: known once
+        the data is counted; ``train --dry_run`` prints them)."""
         c = self.config
+        if c.get("epochs") is not None or (c["ance_episodes"] and
+                                           c.get("ance_episode_epochs") is not None):
+            return None
         return c["steps"] + (c["ance_episodes"] or 0) * (c["ance_episode_steps"] or 0)
 
     @property
@@ -112,6 +117,8 @@ class Stage:
         some)."""
         c = self.config
         n = min(c["max_examples"] or c["train_records"], c["train_records"])
+        if self.total_steps is None:
+            return float(c["epochs"])
         return self.total_steps * c["global_batch"] / max(n, 1)
 
 
