@@ -98,6 +98,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           ance_episodes: int = 0, ance_episode_steps: int = 0,
           ance_episode_epochs: Optional[float] = None, multitask_from_episode: int = 0,
           ance_depth: int = 100, ance_sample: bool = True, ance_index_spec: Optional[str] = None,
+          ance_tasks: Optional[Sequence[str]] = None,
           reset_multitask_state: bool = False,
           per_task: str = DEFAULT_PER_TASK, grad_cache_chunk: Optional[int] = None,
           model_parallel: int = 1, multihost: bool = False,
@@ -154,6 +155,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         episode); its burn-in counts from there.
       ance_index_spec: mine with a FAISS index of this spec ("HNSW32", ...) instead of
         exact search (``ance.mine_episode``).
+      ance_tasks: the tasks whose negatives each episode mines (MT-DPR's adversarial round:
+        NQ and TriviaQA); the others keep their BM25 negatives. None: every trained task.
       reset_multitask_state: re-initialise the multitask state (TACO EMA) at each episode.
       per_task, grad_cache_chunk: see ``training.step.make_train_step``.
       model_parallel: size of the mesh's "model" axis (parameters by the logical rules).
@@ -286,6 +289,11 @@ def prepare_data(s: Settings):
     if not task_list:
         raise ValueError(f"no tasks left to train on (tasks={s.tasks}, "
                          f"exclude_tasks={s.exclude_tasks})")
+    unknown = sorted({get_task(n).name for n in s.ance_tasks or ()} -
+                     {t.name for t in task_list})
+    if unknown:
+        raise ValueError(f"train.ance_tasks names {unknown}, which this run does not train "
+                         f"(it trains {[t.name for t in task_list]})")
     source = os.path.join(data_dir, "knowledge_source.jsonl")
     pages = tqdm(kilt.iter_knowledge_source(source), desc="knowledge source", unit=" pages",
                  mininterval=1, disable=jax.process_index() != 0)
@@ -479,10 +487,11 @@ def use_episode(run: Run, episode: int, params_now) -> None:
     s = run.s
     params_now = distributed.host_local(params_now)  # mined on every process alike
     path = ance.negatives_path(s.model_dir, episode)
+    mined = {n: d for n, d in run.data.items() if s.ance_tasks is None or n in s.ance_tasks}
     if os.path.exists(path):
-        negs = ance.load_negatives(path, run.data)
+        negs = ance.load_negatives(path, mined)
     else:
-        negs = ance.mine_episode(run.model, params_now, run.tokenizer, run.table, run.data,
+        negs = ance.mine_episode(run.model, params_now, run.tokenizer, run.table, mined,
                                  num=s.num_negatives, seed=s.seed + episode,
                                  passage_len=run.lens.eval_passage, query_len=run.lens.query,
                                  marker=training_plan.query_format_of(s), batch_size=s.eval_batch_size,
@@ -490,7 +499,7 @@ def use_episode(run: Run, episode: int, params_now) -> None:
                                  index_spec=s.ance_index_spec, progress=run.main_process)
         if run.main_process:
             ance.save_negatives(path, negs)
-    for name, d in list(run.data.items()):
+    for name, d in mined.items():
         run.data[name] = TaskData(d.task, d.examples, negs[name])
 
 

@@ -206,3 +206,23 @@ def test_caps_downsample_before_the_bm25_negatives(tmp_path):
     ids = [e.id for e in capped["trex"].examples]
     assert ids == [e.id for e in again["trex"].examples]
     assert set(ids) < {e.id for e in full["trex"].examples} and len(set(ids)) == 10
+
+
+@pytest.mark.slow  # one tiny trainer run with an episode: ~60 s
+def test_adversarial_round_mines_only_nq_and_triviaqa(tmp_path):
+    """mtdpr_adversarial: the episode mines negatives for NQ and TriviaQA only; the plan
+    says so; the others keep BM25's."""
+    parse_gin(["mtdpr_adversarial_tiny.gin"], ["TRAIN_STEPS = 4", "ANCE_EPISODE_STEPS = 2",
+                                               "EVAL_EVERY = 100", "train.minikilt_scale = 0.3"])
+    summary = train(model_dir=str(tmp_path / "adv"))
+    assert summary["completed_steps"] == 6
+    plan = json.loads((tmp_path / "adv" / "plan.json").read_text())
+    assert plan["ance_tasks"] == ["nq", "triviaqa"] and plan["batching"] == "union"
+    assert [p["negatives"] for p in plan["phases"]] == ["bm25", "ance"]
+    with np.load(tmp_path / "adv" / "ance" / "episode_1.npz") as z:
+        assert sorted(z.files) == ["nq", "triviaqa"]
+    gin.clear_config()
+    parse_gin(["mtdpr_adversarial_tiny.gin"], ["ANCE_TASKS = ['nq', 'wned']"])
+    with pytest.raises(ValueError, match="train.ance_tasks: unknown task 'wned'"):
+        train(model_dir=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()  # refused before any file is written

@@ -171,6 +171,7 @@ def make_plan(s: Any, sizes: Mapping[str, int], marker_tokens: Mapping[str, int]
                       "options": opts},
         "burn_in_steps": burn_in if method == "taco" or "burn_in_steps" in opts else 0,
         "num_negatives": s.num_negatives,
+        "ance_tasks": list(s.ance_tasks) if s.ance_tasks else "all",
         "query_format": {"marker": fmt.marker, "marker_format": fmt.marker_format,
                          "marker_in_query_len": fmt.marker_in_len},
     }
@@ -337,6 +338,12 @@ def check_plan_settings(s: Any) -> List[str]:
         bad.append(f"train.multitask_from_episode must be an integer >= 0, got {v!r}")
     if s.batching not in BATCHING:
         bad.append(f"train.batching must be one of {BATCHING}, got {s.batching!r}")
+    for name in ("task_caps", "task_sizes", "ance_tasks"):
+        for task in getattr(s, name) or ():
+            try:
+                get_task(task)
+            except KeyError as e:
+                bad.append(f"train.{name}: {e.args[0]}")
     for name in ("task_caps", "task_sizes"):
         v = getattr(s, name)
         if v is not None and not (isinstance(v, dict) and all(
