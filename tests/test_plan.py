@@ -226,3 +226,15 @@ def test_adversarial_round_mines_only_nq_and_triviaqa(tmp_path):
     with pytest.raises(ValueError, match="train.ance_tasks: unknown task 'wned'"):
         train(model_dir=str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()  # refused before any file is written
+
+
+def test_dry_run_keeps_a_started_runs_plan(tmp_path):
+    """In the directory of a run that has trained, a dry run writes plan.dry_run.json: the
+    run's plan.json (what it trained on, counted after the provenance filter) is kept."""
+    run = tmp_path / "started"
+    (run / "checkpoints" / "10").mkdir(parents=True)
+    (run / "plan.json").write_text("the run's own plan\n")
+    parse_gin(["mtdpr_tiny.gin"], ["train.task_sizes = {'nq': 50, 'fever': 40}"])
+    plan = train(model_dir=str(run), dry_run=True)
+    assert (run / "plan.json").read_text() == "the run's own plan\n"
+    assert json.loads((run / "plan.dry_run.json").read_text()) == plan

@@ -37,11 +37,13 @@ from multiret_jax.data.mixing import task_batch_sizes
 from multiret_jax.data.tasks import QueryFormat, benchmark_tasks, get_task, task_path
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.multitask import build_method, from_step
+from multiret_jax.training.run_config import has_training_state
 from multiret_jax.training.schedules import make_schedule
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.json"
+DRY_RUN_FILE = "plan.dry_run.json"  # a dry run in a started run's directory
 BATCHING = ("per_task", "union")
 
 
@@ -229,7 +231,8 @@ def _dry_run_tokenizer(s: Any) -> Optional[Tokenization]:
 def dry_run(s: Any, main_process: bool = True) -> Dict[str, Any]:
     """``train --dry_run``: the plan from ``train.task_sizes`` or from the data directory's
     train files (records before the provenance filter; the mini-KILT is generated as a run
-    would), printed and written to ``<model_dir>/plan.json``. Trains nothing."""
+    would), printed and written to ``<model_dir>/plan.json`` (``plan.dry_run.json`` in
+    the directory of a started run, whose ``plan.json`` it keeps). Trains nothing."""
     excluded = {get_task(n).name for n in s.exclude_tasks}
     if s.task_sizes:
         names = [get_task(n).name for n in (s.tasks or list(s.task_sizes))]
@@ -265,6 +268,8 @@ def dry_run(s: Any, main_process: bool = True) -> Dict[str, Any]:
     method, options = multitask_setting()
     plan = make_plan(s, sizes, marker_tokens, tasks, method, options, sizes_from, tokens_from)
     path = os.path.join(s.model_dir, PLAN_FILE)
+    if has_training_state(s.model_dir):  # a started run's plan.json records what it trains
+        path = os.path.join(s.model_dir, DRY_RUN_FILE)
     if main_process:
         os.makedirs(s.model_dir, exist_ok=True)
         write_plan(path, plan)
