@@ -160,7 +160,7 @@ def make_plan(s: Any, sizes: Mapping[str, int], marker_tokens: Mapping[str, int]
         "global_batch": s.global_batch,
         "mixing_c": s.mixing_c if s.batching == "per_task" else None,
         "steps_per_epoch": per_epoch,
-        "epoch": ("the largest ceil(N_k / B_k) over tasks (smaller tasks shuffle and cycle)"
+        "epoch": ("the largest ceil(N_k / B_k) over tasks, smaller tasks shuffle and cycle"
                   if s.batching == "per_task" else "ceil(N / B) over the union"),
         "phases": [dataclasses.asdict(p) for p in phases],
         "total_steps": total,
@@ -309,7 +309,7 @@ def format_plan(plan: Dict[str, Any]) -> str:
     """The plan as a few readable lines (what ``--dry_run`` prints before the JSON path)."""
     lines = [f"batching: {plan['batching']}, global batch {plan['global_batch']}"
              + (f", mixing c={plan['mixing_c']:g}" if plan["mixing_c"] else "")
-             + f"; {plan['steps_per_epoch']} steps per epoch ({plan['epoch']})",
+             + f"; {plan['steps_per_epoch']} steps per epoch: {plan['epoch']}",
              f"{'task':<22}{'examples':>10}{'used':>10}{'batch':>7}{'qlen':>6}{'+marker':>8}"]
     for name, t in plan["tasks"].items():
         lines.append(f"{name:<22}{t['examples']:>10}{t['examples_used']:>10}"
