@@ -96,7 +96,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           task_caps: Optional[Dict[str, int]] = None,
           task_sizes: Optional[Dict[str, int]] = None, epochs: Optional[float] = None,
           ance_episodes: int = 0, ance_episode_steps: int = 0,
-          ance_episode_epochs: Optional[float] = None, multitask_from_episode: int = 0,
+          ance_episode_epochs: Optional[float] = None,
+          multitask_last_phases: Optional[int] = None,
           ance_depth: int = 100, ance_sample: bool = True, ance_index_spec: Optional[str] = None,
           ance_tasks: Optional[Sequence[str]] = None,
           reset_multitask_state: bool = False,
@@ -150,9 +151,10 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       ance_episodes, ance_episode_steps, ance_depth, ance_sample: ANCE episodes after the
         warm-up: steps each (or ``ance_episode_epochs``), ranking depth mined, sample from
         the top vs take the best.
-      multitask_from_episode: the multitask method (gin ``multitask.method``) applies from
-        this phase on (0: the warm-up; e: ANCE episode e), naive before (TACO: the last
-        episode); its burn-in counts from there.
+      multitask_last_phases: the multitask method (gin ``multitask.method``) applies in
+        the last N phases (TACO: 1, the last ANCE episode; its variant: 4), naive before;
+        its burn-in counts from its first step. None (or N at least the number of phases):
+        in every phase.
       ance_index_spec: mine with a FAISS index of this spec ("HNSW32", ...) instead of
         exact search (``ance.mine_episode``).
       ance_tasks: the tasks whose negatives each episode mines (MT-DPR's adversarial round:

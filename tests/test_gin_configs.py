@@ -63,7 +63,7 @@ def test_experiment_parses_with_the_papers_settings(name):
         assert q("MIXING_C") == 4.0 and q("NUM_NEGATIVES") == 2
         tiny = name.endswith("_tiny.gin")
         assert q("ANCE_EPISODES") == (2 if tiny else 8)
-        assert q("MULTITASK_FROM_EPISODE") == (1 if tiny else 8)
+        assert q("MULTITASK_LAST_PHASES") == (2 if tiny else 1)
         assert q("MARKER_FORMAT") == "sentinel" and q("MARKER_IN_QUERY_LEN") is False
         expected = name[len("taco_"):].replace("_tiny", "").replace(".gin", "") or "taco"
         if expected in ("pcgrad", "cgd", "gradnorm", "naive"):

@@ -144,7 +144,7 @@ def test_burn_in_uses_uniform_weights_for_exactly_the_planned_steps(tmp_path):
     """The trainer's multitask transform built from a plan (TACO from episode 2 of 2, 10%
     burn-in): the mean of the task gradients up to the start of TACO's phase plus the
     planned burn-in, TACO's weighting from the next step on."""
-    parse_gin(["taco_tiny.gin"], ["ANCE_EPISODES = 2", "MULTITASK_FROM_EPISODE = 2",
+    parse_gin(["taco_tiny.gin"], ["ANCE_EPISODES = 2", "MULTITASK_LAST_PHASES = 1",
                                   "ANCE_EPISODE_STEPS = 30", "TRAIN_STEPS = 40",
                                   "train.task_sizes = {'nq': 50, 'fever': 40, 'trex': 30}"])
     plan = train(model_dir=str(tmp_path / "b"), dry_run=True)
@@ -171,9 +171,9 @@ def test_bad_plans_are_refused(tmp_path):
     with pytest.raises(ValueError, match="batching='union'.*multitask.method='taco'"):
         train(model_dir=str(tmp_path / "u"), dry_run=True)
     gin.clear_config()
-    parse_gin(["taco_tiny.gin"], [sizes, "MULTITASK_FROM_EPISODE = 3"])
-    with pytest.raises(ValueError, match="multitask_from_episode=3 is past the last ANCE "
-                                         "episode \\(2\\)"):
+    parse_gin(["taco_tiny.gin"], [sizes, "MULTITASK_LAST_PHASES = 0"])
+    with pytest.raises(ValueError, match="multitask_last_phases must be None or an integer "
+                                         ">= 1, got 0"):
         train(model_dir=str(tmp_path / "e"), dry_run=True)
     gin.clear_config()
     parse_gin(["taco_tiny.gin"], [sizes, "TASK_CAPS = {'nq': 0}", "TRAIN_EPOCHS = -1"])
@@ -238,3 +238,14 @@ def test_dry_run_keeps_a_started_runs_plan(tmp_path):
     plan = train(model_dir=str(run), dry_run=True)
     assert (run / "plan.json").read_text() == "the run's own plan\n"
     assert json.loads((run / "plan.dry_run.json").read_text()) == plan
+
+
+@pytest.mark.parametrize("episodes, methods", [(0, ["taco"]), (2, ["naive", "naive", "taco"])])
+def test_the_method_runs_in_the_last_phases_whatever_the_episode_count(tmp_path, episodes,
+                                                                       methods):
+    """taco.gin's TACO in the last phase stays in the last phase when a user changes the
+    number of episodes (with none, the only phase)."""
+    parse_gin(["taco.gin"], [f"train.task_sizes = {RAW!r}", f"ANCE_EPISODES = {episodes}"])
+    plan = train(model_dir=str(tmp_path / "p"), dry_run=True)
+    assert [p["multitask"] for p in plan["phases"]] == methods
+    assert plan["multitask"]["from_step"] == plan["phases"][-1]["start"]

@@ -98,7 +98,7 @@ def make_plan(s: Any, sizes: Mapping[str, int], marker_tokens: Mapping[str, int]
     Args:
       s: the settings (``global_batch``, ``mixing_c``, ``batching``, ``task_caps``,
         ``steps`` / ``epochs``, ``ance_episodes``, ``ance_episode_steps`` /
-        ``ance_episode_epochs``, ``multitask_from_episode``, ``lr_schedule``,
+        ``ance_episode_epochs``, ``multitask_last_phases``, ``lr_schedule``,
         ``learning_rate``, ``warmup_fraction``, ``lr_per_phase``, ``num_negatives``,
         ``marker`` ..., ``query_len``).
       sizes: training examples per task before the caps (task order kept).
@@ -132,21 +132,22 @@ def make_plan(s: Any, sizes: Mapping[str, int], marker_tokens: Mapping[str, int]
     warm = _steps(s.epochs, s.steps, per_epoch)
     episode = _steps(s.ance_episode_epochs, s.ance_episode_steps, per_epoch) \
         if s.ance_episodes else 0
-    if s.multitask_from_episode > s.ance_episodes:
-        raise ValueError(f"train.multitask_from_episode={s.multitask_from_episode} is past "
-                         f"the last ANCE episode ({s.ance_episodes})")
     first = "warm-up" if s.ance_episodes else "train"
     lengths = [(first, "bm25", warm, s.epochs)] + [
         (f"ance {e}", "ance", episode, s.ance_episode_epochs)
         for e in range(1, s.ance_episodes + 1)]
+    # the method in the last ``multitask_last_phases`` phases (all of them when there are
+    # fewer, or when None), naive before
+    last = s.multitask_last_phases or len(lengths)
+    first_method_phase = max(0, len(lengths) - last)
     phases, start = [], 0
     for i, (name, negatives, steps, epochs) in enumerate(lengths):
         phases.append(Phase(name, negatives, start, steps, epochs,
-                            method if i >= s.multitask_from_episode else "naive",
+                            method if i >= first_method_phase else "naive",
                             int(s.warmup_fraction * steps) if s.lr_per_phase else 0))
         start += steps
     total = start
-    method_start = phases[s.multitask_from_episode].start
+    method_start = phases[first_method_phase].start
     active = total - method_start
     opts = dict(method_options or {})
     burn_in = opts.get("burn_in_steps", 0)
@@ -338,9 +339,9 @@ def check_plan_settings(s: Any) -> List[str]:
         v = getattr(s, name)
         if v is not None and not (_is_finite(v) and v > 0):
             bad.append(f"train.{name} must be None or a finite number > 0, got {v!r}")
-    v = s.multitask_from_episode
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        bad.append(f"train.multitask_from_episode must be an integer >= 0, got {v!r}")
+    v = s.multitask_last_phases
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        bad.append(f"train.multitask_last_phases must be None or an integer >= 1, got {v!r}")
     if s.batching not in BATCHING:
         bad.append(f"train.batching must be one of {BATCHING}, got {s.batching!r}")
     for name in ("task_caps", "task_sizes", "ance_tasks"):
