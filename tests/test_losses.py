@@ -90,6 +90,8 @@ def _tiny_batch(b=8, h=1, lq=8, lp=16, seed=0):
     return toks(b, lq), toks(b * (1 + h), lp)
 
 
+@pytest.mark.slow  # 36 s; test_train_step.py::test_gradient_cache_equals_plain_step checks the
+# same equality through the train step in the default suite
 def test_gradient_cache_equals_uncached():
     model, params, _ = build_biencoder("bert", "bert_tiny", config_overrides={"dropout_rate": 0.1})
     (qi, qm), (pi, pm) = _tiny_batch()

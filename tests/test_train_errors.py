@@ -173,6 +173,8 @@ def test_unreadable_checkpoint_names_step_and_directory(tmp_path, data_dir, tiny
 
 # e. non-finite losses ----------------------------------------------------------------------
 
+@pytest.mark.slow  # 57 s; test_train_step.py::test_non_finite_step_is_skipped_and_counted
+# checks the skip and its count in the step, in the default suite
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, data_dir):
     """A learning rate of 1e30 makes the parameters explode after the first applied update,
     so the following losses are NaN: those steps must be skipped (counted, not applied)."""

@@ -172,6 +172,8 @@ def test_gradient_cache_equals_plain_step(mini, tiny, reference):
     assert _param_err(state["params"], want_params, params, "grad cache") < PARAM_TOL
 
 
+@pytest.mark.slow  # 20 s; test_batching.py::test_vmapped_padded_loss_equals_unpadded checks
+# padding at the loss in the default suite
 def test_padding_rows_change_nothing(mini, tiny, reference):
     model, params = tiny
     _, want_losses, want_params, _ = reference

@@ -135,6 +135,7 @@ def test_union_loss_is_one_nce_over_the_mixed_batch(mini, towers):
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
 
 
+@pytest.mark.slow  # 28 s: two more compilations of the step
 def test_union_train_step_with_the_gradient_cache_equals_the_plain_one(mini):
     model, params, _ = build_biencoder("bert", "bert_tiny", shared=False,
                                        config_overrides=MODEL_OVERRIDES)
