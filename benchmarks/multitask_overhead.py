@@ -8,9 +8,13 @@
    12 decoder layers with self- and cross-attention and 3 layer norms; final norms:
    ~223M parameters), random values, and K stacked task gradients. Times the jitted
    ``update`` (warm-up excluded, ``block_until_ready``, best of ``--repeats``) of
-   ``naive`` and ``taco`` with ``median="exact"`` (bit-bisection select),
-   ``median="approx"`` (2**18 sample) and ``median="sort"`` (``jnp.median`` of the
-   concatenation; slow, so timed on ``--sort_layers`` layers only). K x 223M x 4 bytes is
+   ``naive`` and ``taco`` with ``median="exact"`` by 15 candidates per round ("exact/15",
+   at most 8 reads of the K x N sensitivities, the GPU/TPU default) and by bisection
+   ("exact/1", up to 32 reads of one count, the CPU default), ``median="approx"`` (2**18
+   sample) and ``median="sort"`` (``jnp.median`` of the concatenation; slow, so timed on
+   ``--sort_layers`` layers only). It prints the rounds each exact median took on the
+   sensitivities |g_k * theta|, and, as the floor of any TACO update, a bare elementwise
+   EMA pass (read g, theta and the EMA, write the EMA: ~3x the naive update's traffic). K x 223M x 4 bytes is
    7.1 GB of gradients plus 7.1 GB of EMA, which with the temporaries does not fit a
    24 GiB host, so the timed tree keeps ``--layers`` of the 12 layers per stack and the
    same fraction of the vocabulary (a uniform fraction of every kind of leaf); the
@@ -32,6 +36,7 @@ import numpy as np
 import optax
 
 from multiret_jax import multitask
+from multiret_jax.multitask.median import select_middle
 
 D, FF, VOCAB, LAYERS = 768, 3072, 32128, 12
 
@@ -97,6 +102,43 @@ def peak_rss_gb():
     return float("nan")
 
 
+class EmaFloor:
+    """Only TACO's elementwise EMA of |g * theta| (no median, no softmax): the floor."""
+
+    def init(self, params):
+        return jax.tree_util.tree_map(lambda p: jnp.zeros((K_TASKS,) + p.shape, jnp.float32),
+                                      params)
+
+    def update(self, grads, ema, params):
+        new = jax.tree_util.tree_map(lambda e, g, p: 0.999 * e + 0.001 * jnp.abs(g * p[None]),
+                                     ema, grads, params)
+        return grads, new
+
+
+K_TASKS = 8
+
+
+def make_tx(method, k):
+    if method == "naive":
+        return multitask.naive()
+    if method == "ema floor":
+        return EmaFloor()
+    median, _, j = method.partition("/")
+    return multitask.taco(num_tasks=k, median=median,
+                          median_thresholds=int(j) if j else None)
+
+
+def median_rounds(grads, params):
+    """Rounds of the exact median on the sensitivities, per candidate count."""
+    sens = jax.jit(lambda g, p: jax.tree_util.tree_map(lambda a, b: jnp.abs(a * b[None]), g, p))(
+        grads, params)
+    leaves = jax.tree_util.tree_leaves(sens)
+    out = {j: int(jax.jit(select_middle, static_argnums=(1, 2))(leaves, False, j).rounds)
+           for j in (1, 15)}
+    del sens, leaves
+    return out
+
+
 def bench_update(args):
     k = args.tasks
     full = t5_base_shapes()
@@ -111,8 +153,11 @@ def bench_update(args):
               f"({nbytes(st)} bytes; EMA = K x params x 4 B)")
 
     results = {}
-    for layers, methods in ((args.layers, ("naive", "exact", "approx")),
-                            (args.sort_layers, ("naive", "sort", "exact"))):
+    global K_TASKS
+    K_TASKS = k
+    for layers, methods in ((args.layers, ("naive", "ema floor", "exact/1", "exact/15",
+                                           "approx")),
+                            (args.sort_layers, ("naive", "sort", "exact/1"))):
         if layers <= 0:
             continue
         shapes = t5_base_shapes(layers, round(VOCAB * layers / LAYERS))
@@ -123,10 +168,13 @@ def bench_update(args):
         print(f"-- timed tree: {layers}/{LAYERS} layers per stack, vocab "
               f"{round(VOCAB * layers / LAYERS)}: {n / 1e6:.1f}M params "
               f"({frac:.3f} of T5-base)")
+        if "exact/15" in methods:
+            rounds = median_rounds(grads, params)
+            print("exact median rounds (reads of the K x N sensitivities): "
+                  + ", ".join(f"{j} candidate(s) per round: {r}" for j, r in rounds.items()))
         base = None
         for m in methods:
-            tx = multitask.naive() if m == "naive" else multitask.taco(num_tasks=k, median=m)
-            t = time_update(tx, grads, params, args.repeats)
+            t = time_update(make_tx(m, k), grads, params, args.repeats)
             base = t if m == "naive" else base
             results[(layers, m)] = t
             print(f"{m:>14}: {t:8.3f} s  ({t / base:6.2f}x naive)  extrapolated to T5-base: {t / frac:8.2f} s  "

@@ -44,6 +44,8 @@ BAD = [
     ("taco", {"burn_in_weights": "mean"}, "burn_in_weights"),
     ("taco", {"tau_schedule": 2.0}, "tau_schedule"),
     ("taco", {"zero_median": "zero"}, "zero_median"),
+    ("taco", {"median_thresholds": 16}, "median_thresholds"),
+    ("taco", {"median_thresholds": True}, "median_thresholds"),
     # pcgrad
     ("pcgrad", {"seed": -1}, "seed"), ("pcgrad", {"seed": 1.0}, "seed"),
     ("pcgrad", {"reduction": "max"}, "reduction"), ("pcgrad", {"shuffle": 0}, "shuffle"),

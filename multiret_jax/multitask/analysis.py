@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from multiret_jax.multitask.taco import TacoState, median_select
+from multiret_jax.multitask.median import median_select
+from multiret_jax.multitask.taco import TacoState
 
 SPECIFIC_ENTROPY = 0.3
 INACTIVE_SENSITIVITY = 1e-8

@@ -38,11 +38,13 @@ an option reproduces it; the defaults are the paper's:
 Median (``median=``), all per task over all K-th-task elements of every leaf:
 
 * "exact" (default): the paper's exact median, computed without copying or sorting by
-  ``median_select``: a 32-step bisection on the float32 bit pattern (for x >= 0 the int32
-  bit pattern sorts like the value), each step one fused count reduction per leaf, plus
-  two passes for the upper middle value of an even count. O(1) extra memory and
-  sharding-friendly (a sharded leaf costs an all-reduce of K counts per step); equal to
-  ``jnp.median`` up to the rounding of the mean of the two middle values.
+  ``median.select_middle``: rounds that each read the K x N sensitivities once and count
+  ``median_thresholds`` candidate float32 bit patterns (for x >= 0 the int32 bit pattern
+  sorts like the value), narrowing a bracket until it holds the middle value(s): at most
+  8 rounds with 15 candidates (the default on GPU/TPU), up to 32 with 1 (bisection, the
+  default on CPU, where the counting work rather than the reads bounds the time). O(1) extra
+  memory and sharding-friendly (a sharded leaf costs an all-reduce of K counts per
+  count); equal to ``jnp.median`` up to the rounding of the mean of the two middle values.
 * "sort": literally ``jnp.median`` of the concatenation of all leaves: a K x N copy and
   a sort each step (24x slower than "exact" on a 2-core CPU for K=8 x 18.6M, and the
   copy does not fit next to the gradients and the EMA of a T5-base-sized model on a
@@ -55,8 +57,8 @@ Median (``median=``), all per task over all K-th-task elements of every leaf:
   normalised sensitivities by that factor for that step (the EMA averages it out). The
   relative error of the combined update is ~1.6/sqrt(sample_size) (0.3% at 2**18). Cost is independent of the
   model size (a gather of K x sample_size values), so it is the choice for large models
-  when the 34 passes of "exact" matter: on a 2-core CPU, K=8 x 55.7M params (1/4 of
-  T5-base), one update took 4.0-11.1 s with "exact" and 1.3 s with "approx" (two runs on
+  when the rounds of "exact" matter: on a 2-core CPU, K=8 x 55.7M params (1/4 of
+  T5-base), one update took 4.0-11.1 s with "exact" by bisection and 1.3 s with "approx" (two runs on
   a shared host; the elementwise EMA/softmax/sum part alone is ~1.2 s); see
   ``benchmarks/multitask_overhead.py``.
   Default stays "exact" (the paper's definition; exact and affordable); use "approx"
@@ -87,11 +89,11 @@ import optax
 from multiret_jax.multitask import _checks as C
 from multiret_jax.multitask.base import num_tasks as _num_tasks
 from multiret_jax.multitask.base import register_method
+from multiret_jax.multitask.median import (THRESHOLDS, draw_sample, median_sample, median_select,
+                                          median_sort)
 
 MEDIANS = ("exact", "sort", "approx")
 ZERO_MEDIANS = ("nonzero", "eps")
-_INF_BITS = 0x7F800000  # int32 bit pattern of +inf in float32
-_CHUNKS = 16  # median_select's count: unrolled compare-adds over 16 slices per leaf
 
 
 class TacoState(NamedTuple):
@@ -112,104 +114,6 @@ class TacoState(NamedTuple):
     sample_idx: Any = None
 
 
-def median_select(leaves, exclude_zeros: bool = False) -> jax.Array:
-    """Exact per-task median over all elements of non-negative ``[K, ...]`` leaves.
-
-    For x >= 0 the int32 bit pattern of a float32 is monotone in its value, so the order
-    statistic of rank r is the smallest bit pattern v with ``count(x <= v) > r``: found
-    by a 32-step bisection, each step one fused count reduction per leaf (no copy, no
-    sort; sharded leaves give an all-reduce of K counts). For an even count the upper
-    middle value is the next larger element (one count and one min pass), and the result
-    is their mean, like ``jnp.median`` (equal to it up to the rounding of that mean).
-
-    Args:
-      leaves: sequence of arrays ``[K, ...]`` with values >= 0 (+inf allowed, no NaN).
-      exclude_zeros: the median of the non-zero elements only (0 where a task has none):
-        one more count pass; the rank then depends on the task's zero count.
-    Returns:
-      float32 ``[K]`` medians.
-    """
-    k = leaves[0].shape[0]
-    n = sum(int(np.prod(x.shape[1:])) for x in leaves)
-    xs = [x.astype(jnp.float32).reshape(k, -1) for x in leaves]
-    # Each leaf as [K, C, n/C] (+ a remainder): a count is then C fused elementwise
-    # compare-adds and one row sum, ~3.5x faster on XLA CPU than a plain row reduction.
-    chunked, rest = [], []
-    for x in xs:
-        m = x.shape[1] - x.shape[1] % _CHUNKS
-        if m:
-            chunked.append(x[:, :m].reshape(k, _CHUNKS, m // _CHUNKS))
-        if m < x.shape[1]:
-            rest.append(x[:, m:])
-
-    def count_le(v):  # v: [K] float32 -> [K] int32 counts of x <= v
-        v = v[:, None]
-        total = jnp.zeros((k,), jnp.int32)
-        for x in chunked:
-            acc = functools.reduce(jnp.add, [(x[:, i] <= v).astype(jnp.int32)
-                                             for i in range(_CHUNKS)])
-            total = total + jnp.sum(acc, axis=1)
-        for x in rest:
-            total = total + jnp.sum(x <= v, axis=1, dtype=jnp.int32)
-        return total
-
-    if exclude_zeros:  # the zeros are the lowest order statistics: skip past them
-        zeros = count_le(jnp.zeros((k,), jnp.float32))
-        n_eff = n - zeros
-        rank = zeros + (n_eff - 1) // 2
-    else:
-        n_eff, rank = n, (n - 1) // 2  # lower middle order statistic, 0-indexed
-
-    def body(_, carry):
-        lo, hi = carry
-        mid = lo + (hi - lo) // 2
-        ok = count_le(jax.lax.bitcast_convert_type(mid, jnp.float32)) > rank
-        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-
-    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.zeros((k,), jnp.int32),
-                                            jnp.full((k,), _INF_BITS, jnp.int32)))
-    low = jax.lax.bitcast_convert_type(lo, jnp.float32)
-    if not exclude_zeros and n % 2:
-        return low
-    gt = lambda x: jnp.where(x > low[:, None], x, jnp.inf)
-    above = [jnp.min(functools.reduce(jnp.minimum, [gt(x[:, i]) for i in range(_CHUNKS)]),
-                     axis=1) for x in chunked]
-    nxt = functools.reduce(jnp.minimum, above + [jnp.min(gt(x), axis=1) for x in rest])
-    high = jnp.where(count_le(low) > rank + 1, low, nxt)
-    if not exclude_zeros:
-        return 0.5 * (low + high)
-    return jnp.where(n_eff == 0, 0.0, jnp.where(n_eff % 2 == 1, low, 0.5 * (low + high)))
-
-
-def _median_sort(leaves, exclude_zeros: bool = False) -> jax.Array:
-    """``jnp.median`` of the concatenation of all leaves (the literal definition)."""
-    k = leaves[0].shape[0]
-    x = jnp.concatenate([x.reshape(k, -1) for x in leaves], axis=1)
-    if not exclude_zeros:
-        return jnp.median(x, axis=1)
-    med = jnp.nanmedian(jnp.where(x > 0, x, jnp.nan), axis=1)
-    return jnp.where(jnp.isnan(med), 0.0, med)
-
-
-def _median_sample(leaves, idx_leaves, exclude_zeros: bool = False) -> jax.Array:
-    k = leaves[0].shape[0]
-    parts = [jnp.take(x.reshape(k, -1), i, axis=1) for x, i in zip(leaves, idx_leaves)
-             if i.shape[0] > 0]
-    return median_select([jnp.concatenate(parts, axis=1)], exclude_zeros)
-
-
-def _draw_sample(sizes, sample_size: int, seed: int):
-    """Uniform (with replacement) flat indices over all elements, bucketed per leaf."""
-    total = int(sum(sizes))
-    glob = np.sort(np.random.default_rng(seed).integers(0, total, size=sample_size))
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    out = []
-    for i, size in enumerate(sizes):
-        lo, hi = np.searchsorted(glob, [starts[i], starts[i] + size])
-        out.append(jnp.asarray(glob[lo:hi] - starts[i], jnp.int32))
-    return out
-
-
 @register_method("taco")
 def taco(tau: float = 2.0,
          beta: float = 0.999,
@@ -225,6 +129,7 @@ def taco(tau: float = 2.0,
          burn_in_weights: str = "uniform",
          tau_schedule: Optional[Union[optax.Schedule, Callable[[jax.Array], Any]]] = None,
          zero_median: str = "nonzero",
+         median_thresholds: Optional[int] = None,
          ) -> optax.GradientTransformationExtraArgs:
     """TACO's sensitivity-weighted combination of stacked task gradients (Algorithm 1).
 
@@ -251,6 +156,11 @@ def taco(tau: float = 2.0,
         exactly zero): "nonzero" (default) divides by the median of its non-zero
         sensitivities instead; "eps" divides by ``0 + eps`` as the public code does. See
         the module doc.
+      median_thresholds: candidates counted per read of the K x N sensitivities by the
+        exact median (``median.select_middle``): 15 takes at most 8 reads, the choice
+        where the step is memory-bound (GPU/TPU); 1 is bisection (up to 32 reads of one
+        count each), the least total work, which is what XLA CPU is bound by. None
+        (default): 15 on GPU/TPU, 1 on CPU (the backend the step is traced for).
     Returns:
       A GradientTransformationExtraArgs whose ``update(stacked_grads, state, params)``
       (leaves ``[K, ...]``; ``params`` required) returns the unstacked update.
@@ -281,6 +191,9 @@ def taco(tau: float = 2.0,
     C.check_choice("taco", "burn_in_weights", burn_in_weights, ("uniform", "sum"))
     C.check_optional_callable("taco", "tau_schedule", tau_schedule)
     C.check_choice("taco", "zero_median", zero_median, ZERO_MEDIANS)
+    if median_thresholds is not None and (isinstance(median_thresholds, bool)
+                                          or median_thresholds not in THRESHOLDS):
+        C._fail("taco", "median_thresholds", f"None or one of {THRESHOLDS}", median_thresholds)
 
     def init_fn(params):
         if num_tasks is None:
@@ -293,17 +206,22 @@ def taco(tau: float = 2.0,
         sizes = [int(np.prod(p.shape)) for p in leaves]
         if median == "approx" and sum(sizes) > sample_size:
             sample_idx = jax.tree_util.tree_unflatten(
-                treedef, _draw_sample(sizes, sample_size, seed))
+                treedef, draw_sample(sizes, sample_size, seed))
         return TacoState(step=jnp.zeros([], jnp.int32), ema=ema,
                          skipped=jnp.zeros([], jnp.int32), sample_idx=sample_idx)
 
+    def _thresholds():
+        if median_thresholds is not None:
+            return median_thresholds
+        return 1 if jax.default_backend() == "cpu" else 15
+
     def _median_of(leaves, state, exclude_zeros):
         if median == "approx" and state.sample_idx is not None:
-            return _median_sample(leaves, jax.tree_util.tree_leaves(state.sample_idx),
-                                  exclude_zeros)
+            return median_sample(leaves, jax.tree_util.tree_leaves(state.sample_idx),
+                                 exclude_zeros, _thresholds())
         if median == "sort":
-            return _median_sort(leaves, exclude_zeros)
-        return median_select(leaves, exclude_zeros)
+            return median_sort(leaves, exclude_zeros)
+        return median_select(leaves, exclude_zeros, _thresholds())
 
     def _median(leaves, state):
         med = _median_of(leaves, state, False)
