@@ -86,3 +86,39 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def axis_rules(rules: Sequence[Tuple[str, Optional[str]]] = LOGICAL_RULES):
     """Context manager activating the rules for ``nn.with_logical_constraint`` in model code."""
     return nn.logical_axis_rules(list(rules))
+
+
+def elementwise_spec(shape: Sequence[int], mesh: Mesh, base: P = P(), lead: int = 0) -> P:
+    """A PartitionSpec that splits an elementwise array (optimizer moments, TACO's K x params
+    EMA, stacked task gradients) over every mesh axis ``base`` leaves free, FSDP-style.
+
+    Args:
+      shape: the array's shape.
+      mesh: the mesh.
+      base: the spec of the matching parameter (its model-axis split is kept), for the
+        dims after ``lead``.
+      lead: leading dims that are not parameter dims (1 for a ``[K, *param]`` stack); they
+        stay unsplit.
+    Returns:
+      ``base`` (after ``lead`` unsplit dims) with the free axes, all together where a dim
+      divides by their product (else one axis alone), on the first parameter dim that
+      divides: the first one where possible, so a row-major flattening stays a contiguous
+      split. Unchanged when no dim divides.
+    """
+    spec = [None] * lead + list(base) + [None] * (len(shape) - lead - len(base))
+    used = {a for s in spec if s is not None for a in (s if isinstance(s, tuple) else (s,))}
+    free = tuple(a for a in mesh.axis_names if a not in used and mesh.shape[a] > 1)
+    options = ([free] if len(free) > 1 else []) + [(a,) for a in free]
+    for axes in options:
+        size = int(np.prod([mesh.shape[a] for a in axes]))
+        for d in range(lead, len(shape)):
+            if spec[d] is None and shape[d] % size == 0:
+                spec[d] = axes if len(axes) > 1 else axes[0]
+                return P(*spec)
+    return P(*spec)
+
+
+def elementwise_sharding(shape: Sequence[int], mesh: Mesh, base: P = P(),
+                         lead: int = 0) -> NamedSharding:
+    """``NamedSharding`` of ``elementwise_spec``."""
+    return NamedSharding(mesh, elementwise_spec(shape, mesh, base, lead))

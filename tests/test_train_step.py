@@ -322,8 +322,13 @@ MESH_SCRIPT = textwrap.dedent("""
         if mesh is not None:
             assert all(len(x.sharding.device_set) == 8
                        for x in jax.tree_util.tree_leaves(state["params"]))
-            if param_sh is not None:  # parameters and their optimizer leaves split on "model"
-                assert split_leaves(state["params"]) > 0 and split_leaves(state["opt_state"]) > 0
+            if param_sh is not None:  # parameters split on "model"
+                assert split_leaves(state["params"]) > 0
+            # elementwise optimizer state (momentum, TACO's EMA) split over all devices
+            opt_leaves = [x for x in jax.tree_util.tree_leaves(state["opt_state"])
+                          if x.ndim >= 1 and x.size >= 64]
+            assert all(len(x.sharding.device_set) == 8 for x in opt_leaves)
+            assert split_leaves(opt_leaves) >= len(opt_leaves) // 2, split_leaves(opt_leaves)
         return np.stack(losses), jax.tree_util.tree_map(np.asarray, state)
 
     data8 = ("data8", partitioning.make_mesh(1), None)

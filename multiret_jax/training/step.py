@@ -15,8 +15,9 @@ Per-task gradients, two paths behind the same interface (``per_task``):
 
 Data parallelism (jit + ``Mesh`` + ``NamedSharding``): with a ``mesh``, the rows axis of
 every batch array is sharded on ``"data"`` and the train state is placed by
-``state_shardings`` (replicated by default; parameters may follow the logical axis rules
-onto ``"model"``).  The loss is written for the *global* batch: a task's queries are
+``state_shardings``: parameters replicated by default (or on ``"model"`` by the logical
+axis rules), their elementwise optimizer state (Adam's moments, TACO's K x params EMA)
+and the stacked task gradients split over all devices, FSDP-style.  The loss is written for the *global* batch: a task's queries are
 scored against all of that task's passages on all devices (XLA inserts the all-gather),
 so every device's passages are negatives for every query, as in DPR / TACO, and the
 gradients equal the single-device ones.
@@ -38,6 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from multiret_jax import partitioning
 from multiret_jax.models.biencoder import BiEncoder
 from multiret_jax.training import losses
 from multiret_jax.training.gradcache import cached_value_and_grad
@@ -63,21 +65,48 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, seed: int = 
             "rng": jax.random.PRNGKey(seed), "skipped": jnp.zeros([], jnp.int32)}
 
 
-def state_shardings(state: State, mesh: Mesh, param_shardings: Any = None) -> Any:
-    """NamedShardings for ``state``: everything replicated, except that parameters (and
-    the optimizer leaves shaped like them) follow ``param_shardings`` when given."""
+def state_shardings(state: State, mesh: Mesh, param_shardings: Any = None,
+                    shard_elementwise: bool = True) -> Any:
+    """NamedShardings for ``state``.
+
+    Parameters follow ``param_shardings`` (replicated when None). Optimizer leaves shaped
+    like a parameter (Adam's moments) or like ``[K, *param]`` (TACO's EMA, any multitask
+    method's K x params state) are elementwise, so with ``shard_elementwise`` they are
+    split over every mesh axis the parameter's own sharding leaves free, data axis
+    included (``partitioning.elementwise_spec``): 1/devices of them per device. Without
+    it they follow the parameter's sharding. Everything else is replicated."""
     rep = NamedSharding(mesh, P())
     out = jax.tree_util.tree_map(lambda _: rep, state)
-    if param_shardings is None:
-        return out
+    p_leaves = jax.tree_util.tree_leaves(state["params"])
+    p_sh = (jax.tree_util.tree_leaves(param_shardings) if param_shardings is not None
+            else [rep] * len(p_leaves))
     by_shape = {}
-    for leaf, sh in zip(jax.tree_util.tree_leaves(state["params"]),
-                        jax.tree_util.tree_leaves(param_shardings)):
+    for leaf, sh in zip(p_leaves, p_sh):
         by_shape.setdefault(tuple(np.shape(leaf)), sh)
-    out["params"] = param_shardings
-    out["opt_state"] = jax.tree_util.tree_map(
-        lambda x: by_shape.get(tuple(np.shape(x)), rep), state["opt_state"])
+    if param_shardings is not None:
+        out["params"] = param_shardings
+
+    def place(x):
+        shape = tuple(np.shape(x))
+        for lead in (0, 1):
+            sh = by_shape.get(shape[lead:])
+            if sh is None or (lead and not shape[lead:]):
+                continue
+            if not shard_elementwise:
+                return NamedSharding(mesh, P(*([None] * lead), *sh.spec)) if lead else sh
+            return partitioning.elementwise_sharding(shape, mesh, sh.spec, lead)
+        return rep
+
+    out["opt_state"] = jax.tree_util.tree_map(place, state["opt_state"])
     return out
+
+
+def stacked_grad_shardings(grads: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Elementwise (FSDP-style) shardings for ``[K, *param]`` stacked task gradients: the
+    same split as TACO's EMA, so the multitask update runs on each device's slice."""
+    return jax.tree_util.tree_map(
+        lambda g, sh: partitioning.elementwise_sharding(g.shape, mesh, sh.spec, lead=1),
+        grads, param_shardings)
 
 
 def batch_shardings(batch: Dict[str, Any], mesh: Mesh) -> Dict[str, NamedSharding]:
@@ -254,6 +283,9 @@ def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
     def step(state, batch):
         rng, sub = jax.random.split(state["rng"])
         task_losses, grads = per_task_grads(state["params"], batch, sub)
+        if mesh is not None and state_sharding is not None:  # split like the K x params state
+            grads = jax.lax.with_sharding_constraint(
+                grads, stacked_grad_shardings(grads, state_sharding["params"], mesh))
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"],
                                        task_losses=task_losses, task_counts=batch["task_counts"],
                                        step=state["step"])
