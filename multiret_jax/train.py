@@ -109,7 +109,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           eval_at_start: bool = False, compare_bm25: bool = False,
           seed: int = 0, minikilt_scale: float = 1.0, halt_after: Optional[int] = None,
           return_state: bool = False, allow_config_change: bool = False,
-          dry_run: bool = False):
+          dry_run: bool = False, return_settings: bool = False):
     """Trains, validates and checkpoints; returns the summary (also ``summary.json``).
 
     Args (gin ``train.*``):
@@ -184,9 +184,13 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
         is touched.
       dry_run: train nothing: print the plan and write ``<model_dir>/plan.json``
         (``training/plan.py``); returns the plan.
+      return_settings: do nothing but return the checked ``Settings`` (for tools that
+        plan a run, e.g. ``benchmarks/memory_plan.py``).
     """
     s = Settings(**locals())
     check_settings(s)  # before any file is touched
+    if return_settings:
+        return s
     if multihost:
         distributed.initialize(coordinator_address, num_processes, process_id)
     main_process = jax.process_index() == 0

@@ -17,6 +17,8 @@ from tokenizers import Tokenizer
 
 from multiret_jax.data.tasks import Task, query_format
 
+_ENCODE_BLOCK = 1024  # texts per tokenizer call in ``Tokenization.encode``
+
 
 class Tokenization:
     """A ``tokenizers.Tokenizer`` with the padding/truncation the encoders need.
@@ -105,22 +107,29 @@ class Tokenization:
         Returns:
           (input_ids, attention_mask).
         """
+        texts = list(texts)
+        ids = np.full((len(texts), max_len), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), max_len), np.int32)
+        longest = 1
         self.tokenizer.enable_truncation(max_len)
         try:
-            encs = self.tokenizer.encode_batch(list(texts))
+            # in blocks: the tokenizer's Encoding objects (tokens, offsets, the truncated
+            # overflow) take far more memory than the ids; a shard of passages at once
+            # made them most of the corpus encoder's peak memory
+            for start in range(0, len(texts), _ENCODE_BLOCK):
+                encs = self.tokenizer.encode_batch(texts[start:start + _ENCODE_BLOCK])
+                for i, e in enumerate(encs, start):
+                    n = len(e.ids)
+                    ids[i, :n] = e.ids
+                    mask[i, :n] = 1
+                    longest = max(longest, n)
+                del encs
         finally:
             self.tokenizer.no_truncation()
         if pad_to_multiple_of:
-            longest = max((len(e.ids) for e in encs), default=1)
             length = min(max_len, -(-longest // pad_to_multiple_of) * pad_to_multiple_of)
-        else:
-            length = max_len
-        ids = np.full((len(encs), length), self.pad_id, np.int32)
-        mask = np.zeros((len(encs), length), np.int32)
-        for i, e in enumerate(encs):
-            n = len(e.ids)
-            ids[i, :n] = e.ids
-            mask[i, :n] = 1
+            if length < max_len:
+                ids, mask = ids[:, :length].copy(), mask[:, :length].copy()
         return ids, mask
 
     def encode_queries(self, task: Task, texts: Sequence[str], marker="prefix",

@@ -85,10 +85,20 @@ def _ids_digest(ids: np.ndarray) -> str:
 
 
 def _sort_results(rows: np.ndarray, scores: np.ndarray, k: int, *extra: np.ndarray):
-    """Top ``k`` per query by score desc, then row asc; -1 rows (score -inf) last."""
+    """Top ``k`` per query by score desc, then row asc; -1 rows (score -inf) last.
+
+    FAISS returns most rows in this order already; only the others are sorted (a
+    lexsort of every row cost ~10% of a Flat search's time)."""
     key = np.where(rows < 0, np.iinfo(np.int64).max, rows)
-    order = np.lexsort((key, -scores), axis=-1)[:, :k]
-    return tuple(np.take_along_axis(a, order, axis=1) for a in (rows, scores) + extra)
+    a, b = scores[:, :-1], scores[:, 1:]
+    ordered = np.all((a > b) | ((a == b) & (key[:, :-1] <= key[:, 1:])), axis=1)
+    out = [x.copy() for x in (rows, scores) + extra]
+    todo = np.flatnonzero(~ordered)
+    if len(todo):
+        order = np.lexsort((key[todo], -scores[todo]), axis=-1)
+        for o, x in zip(out, (rows, scores) + extra):
+            o[todo] = np.take_along_axis(x[todo], order, axis=1)
+    return tuple(o[:, :k] for o in out)
 
 
 def _hnsw_of(index) -> Optional[Any]:

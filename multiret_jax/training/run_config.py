@@ -34,7 +34,7 @@ CONFIG_FILE = "config.gin"
 # Settings that change how a run is executed, not what it trains: they may differ on resume.
 IGNORED = frozenset({"train.halt_after", "train.coordinator_address", "train.num_processes",
                      "train.process_id", "train.keep", "train.allow_config_change",
-                     "train.dry_run"})
+                     "train.dry_run", "train.return_settings"})
 # Files whose presence means the directory holds training state.
 STATE_MARKERS = ("checkpoints", "final_params.safetensors", "summary.json")
 

@@ -1,0 +1,180 @@
+"""Memory plan of TACO's train step at paper scale, from XLA's own buffer assignment.
+
+    python benchmarks/memory_plan.py [--devices=1,8] [--dtypes=bfloat16,float32]
+        [--grad_cache_chunk=N] [--model_parallel=1]
+
+Lowers and compiles the real train step (``training/step.py``'s ``make_train_step``, the
+trainer's optimizer chain from the plan: the multitask method of each phase, global-norm
+clipping, AdamW) of ``taco.gin``: T5-base as ST5-EncDec (one shared tower), K=8 tasks,
+global batch 120 with Table 5's per-task batch sizes and query lengths (the plan of
+``train --dry_run`` with KILT's train sizes), 2 hard negatives, passages of 256 tokens.
+Nothing is allocated: parameters, state and batch are abstract (``jax.eval_shape``,
+``jax.ShapeDtypeStruct`` with their shardings). Each device count runs in its own
+process with that many simulated CPU devices (``--xla_force_host_platform_device_count``).
+
+Per device it prints XLA's memory analysis: arguments (the train state and the batch),
+outputs, the bytes outputs alias onto donated arguments, temporaries (activations,
+gradients, the update's intermediates) and the peak they imply (arguments + outputs -
+aliased + temporaries), and the TACO state's share of the arguments. The figures come
+from XLA CPU's buffer assignment; a TPU/GPU compile fuses and schedules differently, so
+read them as a plan, not a measurement of an accelerator. The last line:
+
+    memory_plan: T5-base TACO, 8 devices, bf16: X.X GiB/device
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+GIB = 2 ** 30
+# KILT's train sizes for the tasks Table 5 leaves whole, T-REx and zsRE raw (taco.gin caps
+# them to Table 5's 95k and 100k): the same sizes tests/test_plan.py checks the plan with.
+TASK_SIZES = {"nq": 76000, "triviaqa": 53000, "hotpotqa": 69000, "wow": 80000, "trex": 2284168,
+              "fever": 71000, "structured_zeroshot": 147909, "aidayago2": 18000}
+
+
+def worker(args):
+    import gin
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from multiret_jax import partitioning
+    from multiret_jax.gin_utils import parse_gin
+    from multiret_jax.models.biencoder import BiEncoder
+    from multiret_jax.models.encoders import get_encoder
+    from multiret_jax.train import make_optimizer, train
+    from multiret_jax.training.step import (batch_shardings, init_train_state, make_train_step,
+                                            state_shardings)
+
+    binds = [f"train.task_sizes = {TASK_SIZES!r}", f"DTYPE = {args.dtype!r}",
+             f"train.model_parallel = {args.model_parallel}"]
+    if args.grad_cache_chunk:
+        binds.append(f"train.grad_cache_chunk = {args.grad_cache_chunk}")
+    parse_gin(["taco.gin"], binds)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = train(model_dir=os.path.join(tmp, "run"), return_settings=True)
+        plan = train(model_dir=os.path.join(tmp, "run"), dry_run=True)
+    tasks = list(plan["tasks"])
+    k = len(tasks)
+    spec = get_encoder(gin.query_parameter("build_biencoder.encoder"))
+    cfg = spec.presets[gin.query_parameter("build_biencoder.config")](dtype=args.dtype)
+    model = BiEncoder(spec.module(cfg, gin.query_parameter("build_biencoder.pooling")),
+                      shared=gin.query_parameter("build_biencoder.shared"))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    _, tx, _ = make_optimizer(s, plan, k)
+    state = jax.eval_shape(lambda p: init_train_state(p, tx), params)
+
+    mesh = partitioning.make_mesh(s.model_parallel)
+    param_sh = (partitioning.logical_shardings(model.logical_specs(), mesh)
+                if s.model_parallel > 1 else None)
+    state_sh = state_shardings(state, mesh, param_sh)
+    rows = mesh.shape["data"] * (s.grad_cache_chunk or 1) // np.gcd(mesh.shape["data"],
+                                                                    s.grad_cache_chunk or 1)
+    up = lambda n: -(-n // rows) * rows
+    b = up(max(v["batch_size"] for v in plan["tasks"].values()))
+    lq = max(v["query_len_with_marker"] for v in plan["tasks"].values())
+    lp, h = s.passage_len, s.num_negatives
+    shapes = {"query_ids": (k, b, lq), "query_mask_tokens": (k, b, lq), "pos_ids": (k, b, lp),
+              "pos_mask": (k, b, lp), "neg_ids": (k, b, h, lp), "neg_mask": (k, b, h, lp),
+              "query_mask": (k, b), "negative_mask": (k, b, h), "positive_rows": (k, b),
+              "negative_rows": (k, b, h), "task_counts": (k,)}
+    batch = {n: jax.ShapeDtypeStruct(sh, jnp.int32) for n, sh in shapes.items()}
+    batch_sh = batch_shardings(batch, mesh)
+    task_shapes = tuple((up(v["batch_size"]), v["query_len_with_marker"])
+                        for v in plan["tasks"].values())
+    towers = jnp.zeros((k,), jnp.int32)
+    step = make_train_step(model, tx, towers, mesh=mesh, state_sharding=state_sh,
+                           batch_sharding=batch_sh, temperature=s.temperature,
+                           per_task=s.per_task, grad_cache_chunk=s.grad_cache_chunk,
+                           task_shapes=task_shapes, batching=s.batching)
+    with_sh = lambda tree, sh: jax.tree_util.tree_map(
+        lambda x, y: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=y), tree, sh)
+    compiled = step.lower(with_sh(state, state_sh), with_sh(batch, batch_sh)).compile()
+    ma = compiled.memory_analysis()
+
+    def per_device(tree, sh):
+        return sum(int(np.prod(y.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+                   for x, y in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(sh)))
+
+    taco_state = [x for x in jax.tree_util.tree_leaves(
+        state["opt_state"][0], is_leaf=lambda x: hasattr(x, "ema")) if hasattr(x, "ema")]
+    ema_bytes = 0
+    if taco_state:
+        ema_sh = jax.tree_util.tree_map(
+            lambda x: partitioning.elementwise_sharding(x.shape, mesh, P(), lead=1),
+            taco_state[0].ema)
+        ema_bytes = per_device(taco_state[0].ema, ema_sh)
+    out = {"devices": jax.device_count(), "dtype": args.dtype,
+           "params": int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))),
+           "batch": {t: v["batch_size"] for t, v in plan["tasks"].items()},
+           "query_lens": {t: v["query_len_with_marker"] for t, v in plan["tasks"].items()},
+           "passage_len": lp, "negatives": h, "rows_per_task": b,
+           "state_bytes": per_device(state, state_sh), "taco_ema_bytes": ema_bytes,
+           "argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
+           "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes}
+    out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    print("MEMORY_PLAN_JSON " + json.dumps(out), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", default="1,8")
+    p.add_argument("--dtypes", default="bfloat16,float32")
+    p.add_argument("--grad_cache_chunk", type=int, default=None)
+    p.add_argument("--model_parallel", type=int, default=1)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    rows = []
+    for n in [int(x) for x in args.devices.split(",")]:
+        for dtype in args.dtypes.split(","):
+            # LLVM at -O0: the machine code is never run, and buffer assignment (what is
+            # measured) happens on the HLO before it; a T5-base step otherwise takes XLA CPU
+            # over 20 minutes to compile.
+            env = dict(os.environ, JAX_PLATFORMS="cpu",
+                       XLA_FLAGS=f"--xla_force_host_platform_device_count={n} "
+                                 "--xla_backend_optimization_level=0 "
+                                 "--xla_llvm_disable_expensive_passes=true")
+            cmd = [sys.executable, __file__, "--worker", f"--dtype={dtype}",
+                   f"--model_parallel={args.model_parallel}"]
+            if args.grad_cache_chunk:
+                cmd.append(f"--grad_cache_chunk={args.grad_cache_chunk}")
+            print(f"-- compiling the T5-base TACO step: {n} device(s), {dtype} ...", flush=True)
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [x for x in res.stdout.splitlines() if x.startswith("MEMORY_PLAN_JSON ")]
+            if res.returncode or not line:
+                sys.exit(f"memory_plan: the {n}-device {dtype} compile failed:\n"
+                         + res.stderr[-4000:])
+            r = json.loads(line[0].split(" ", 1)[1])
+            rows.append(r)
+            print(f"   {r['params'] / 1e6:.1f}M params; per-task batch {r['batch']} "
+                  f"(padded to {r['rows_per_task']} rows); query lengths {r['query_lens']}; "
+                  f"{r['negatives']} hard negatives; passages {r['passage_len']} tokens")
+            print(f"   per device: arguments {r['argument'] / GIB:.2f} GiB (train state "
+                  f"{r['state_bytes'] / GIB:.2f}, of which TACO EMA {r['taco_ema_bytes'] / GIB:.2f}),"
+                  f" outputs {r['output'] / GIB:.2f} (aliased {r['alias'] / GIB:.2f}), "
+                  f"temporaries {r['temp'] / GIB:.2f}; peak {r['peak'] / GIB:.2f} GiB; TACO "
+                  f"EMA share of the peak {r['taco_ema_bytes'] / max(r['peak'], 1):.1%}",
+                  flush=True)
+    print("\n| devices | dtype | arguments | outputs - aliased | temporaries | peak GiB/device |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['devices']} | {r['dtype']} | {r['argument'] / GIB:.2f} | "
+              f"{(r['output'] - r['alias']) / GIB:.2f} | {r['temp'] / GIB:.2f} | "
+              f"{r['peak'] / GIB:.2f} |")
+    last = [r for r in rows if r["dtype"] == "bfloat16"] or rows
+    r = max(last, key=lambda r: r["devices"])
+    short = {"bfloat16": "bf16", "float32": "fp32"}.get(r["dtype"], r["dtype"])
+    print(f"memory_plan: T5-base TACO, {r['devices']} devices, {short}: "
+          f"{r['peak'] / GIB:.1f} GiB/device")
+
+
+if __name__ == "__main__":
+    main()
