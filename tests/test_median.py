@@ -43,7 +43,8 @@ def _hard_cases(rng):
     return cases
 
 
-@pytest.mark.parametrize("thresholds", THRESHOLDS)
+@pytest.mark.parametrize("thresholds", [
+    t if t in (1, 15) else pytest.param(t, marks=pytest.mark.slow) for t in THRESHOLDS])
 def test_median_equals_numpy_in_the_round_bound(thresholds):
     bound = 8 if thresholds == 15 else -(-31 // int(np.log2(thresholds + 1))) + 1
     cases = _hard_cases(np.random.default_rng(6))
