@@ -379,3 +379,32 @@ def test_specialization_fractions_by_hand():
 def test_entropy_histogram_by_hand():
     counts, edges = analysis.entropy_histogram(_constructed_ema(), tau=1.0, bins=10)
     assert counts.sum() == 5 and counts[0] >= 2 and counts[-1] == 2
+
+
+def test_approx_sample_missing_a_leaf_checkpoints_and_skips_it(tmp_path):
+    """A leaf that draws no sample element (here the 1-element "b" of 60,001) holds the
+    placeholder [-1]: the state checkpoints (orbax refuses zero-size arrays), and the
+    median is that of the drawn elements only."""
+    from multiret_jax.multitask.median import sample_counts
+    from multiret_jax.training.checkpointing import Checkpointer
+    rng = np.random.default_rng(11)
+    shapes = {"w": (3000, 20), "b": (1,)}
+    params = _random_tree(rng, None, shapes)
+    grads = _random_tree(rng, 2, shapes)
+    tx = taco(num_tasks=2, median="approx", sample_size=1000, seed=0, beta=0.0)
+    state = tx.init(params)
+    counts = dict(zip(["b", "w"], sample_counts((1, 60000), 1000, 0)))
+    assert counts == {"b": 0, "w": 1000}
+    np.testing.assert_array_equal(state.sample_idx["b"], [-1])
+    ckpt = Checkpointer(str(tmp_path / "ckpt"))
+    ckpt.save(1, {"taco": state})
+    ckpt.wait()
+    restored, _ = ckpt.restore(1, target={"taco": state})
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, new = jax.jit(tx.update)(grads, state, params)
+    sens = np.abs(np.asarray(grads["w"]) * np.asarray(params["w"])[None]).reshape(2, -1)
+    med = np.median(sens[:, np.asarray(state.sample_idx["w"])], axis=1)
+    # beta 0: the EMA is the normalised sensitivity s / (median + eps)
+    np.testing.assert_allclose(np.asarray(new.ema["w"]).reshape(2, -1),
+                               sens / (med[:, None] + 1e-12), rtol=1e-5)

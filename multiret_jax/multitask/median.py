@@ -30,7 +30,7 @@ patterns wide, so the 8th counts every pattern in it.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -263,13 +263,29 @@ def median_sample(leaves, idx_leaves, exclude_zeros: bool = False,
     return median_select([jnp.concatenate(parts, axis=1)], exclude_zeros, thresholds)
 
 
-def draw_sample(sizes: Sequence[int], sample_size: int, seed: int):
-    """Uniform (with replacement) flat indices over all elements, bucketed per leaf."""
+def _draw(sizes: Sequence[int], sample_size: int, seed: int):
     total = int(sum(sizes))
     glob = np.sort(np.random.default_rng(seed).integers(0, total, size=sample_size))
-    starts = np.concatenate([[0], np.cumsum(sizes)])
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    cuts = np.searchsorted(glob, starts)
+    return glob, starts, cuts
+
+
+@functools.lru_cache(maxsize=32)
+def sample_counts(sizes: Tuple[int, ...], sample_size: int, seed: int) -> Tuple[int, ...]:
+    """Elements of each leaf in ``draw_sample``'s sample (static: numpy, from the seed)."""
+    _, _, cuts = _draw(sizes, sample_size, seed)
+    return tuple(int(c) for c in np.diff(cuts))
+
+
+def draw_sample(sizes: Sequence[int], sample_size: int, seed: int):
+    """Uniform (with replacement) flat indices over all elements, bucketed per leaf.
+
+    A leaf that draws no element gets the placeholder ``[-1]`` (a checkpoint cannot hold
+    a zero-size array); ``sample_counts`` tells which leaves those are."""
+    glob, starts, cuts = _draw(sizes, sample_size, seed)
     out = []
-    for i, size in enumerate(sizes):
-        lo, hi = np.searchsorted(glob, [starts[i], starts[i] + size])
-        out.append(jnp.asarray(glob[lo:hi] - starts[i], jnp.int32))
+    for i in range(len(sizes)):
+        idx = glob[cuts[i]:cuts[i + 1]] - starts[i]
+        out.append(jnp.asarray(idx if len(idx) else [-1], jnp.int32))
     return out

@@ -90,7 +90,7 @@ from multiret_jax.multitask import _checks as C
 from multiret_jax.multitask.base import num_tasks as _num_tasks
 from multiret_jax.multitask.base import register_method
 from multiret_jax.multitask.median import (THRESHOLDS, draw_sample, median_sample, median_select,
-                                          median_sort)
+                                          median_sort, sample_counts)
 
 MEDIANS = ("exact", "sort", "approx")
 ZERO_MEDIANS = ("nonzero", "eps")
@@ -105,8 +105,8 @@ class TacoState(NamedTuple):
         (normalised, unless ``normalize_after_ema``) sensitivities.
       skipped: int32 scalar, steps skipped for non-finite values (see ``taco``).
       sample_idx: for ``median="approx"``, a params-shaped tree of int32 vectors: flat
-        indices into each leaf of the fixed median sample (empty vectors where a leaf drew
-        none); ``None`` otherwise.
+        indices into each leaf of the fixed median sample (``[-1]`` where a leaf drew
+        none: checkpoints cannot hold zero-size arrays); ``None`` otherwise.
     """
     step: jax.Array
     ema: Any
@@ -217,7 +217,11 @@ def taco(tau: float = 2.0,
 
     def _median_of(leaves, state, exclude_zeros):
         if median == "approx" and state.sample_idx is not None:
-            return median_sample(leaves, jax.tree_util.tree_leaves(state.sample_idx),
+            sizes = tuple(int(np.prod(x.shape[1:])) for x in leaves)
+            drawn = [c > 0 for c in sample_counts(sizes, sample_size, seed)]
+            idx = jax.tree_util.tree_leaves(state.sample_idx)  # [-1] where none drawn
+            return median_sample([x for x, d in zip(leaves, drawn) if d],
+                                 [i for i, d in zip(idx, drawn) if d],
                                  exclude_zeros, _thresholds())
         if median == "sort":
             return median_sort(leaves, exclude_zeros)
