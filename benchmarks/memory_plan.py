@@ -1,7 +1,7 @@
 """Memory plan of TACO's train step at paper scale, from XLA's own buffer assignment.
 
     python benchmarks/memory_plan.py [--devices=1,8] [--dtypes=bfloat16,float32]
-        [--grad_cache_chunk=N] [--model_parallel=1]
+        [--grad_cache_chunk=N] [--model_parallel=1] [--layers=L]
 
 Lowers and compiles the real train step (``training/step.py``'s ``make_train_step``, the
 trainer's optimizer chain from the plan: the multitask method of each phase, global-norm
@@ -17,7 +17,9 @@ outputs, the bytes outputs alias onto donated arguments, temporaries (activation
 gradients, the update's intermediates) and the peak they imply (arguments + outputs -
 aliased + temporaries), and the TACO state's share of the arguments. The figures come
 from XLA CPU's buffer assignment; a TPU/GPU compile fuses and schedules differently, so
-read them as a plan, not a measurement of an accelerator. The last line:
+read them as a plan, not a measurement of an accelerator. ``--layers=L`` compiles T5-base
+with L of its 12 layers per stack (a 2-core CPU takes over 40 minutes and over 9 GB for
+the full 8-device step); the activations grow about linearly in the layers. The last line:
 
     memory_plan: T5-base TACO, 8 devices, bf16: X.X GiB/device
 """
@@ -62,7 +64,8 @@ def worker(args):
     tasks = list(plan["tasks"])
     k = len(tasks)
     spec = get_encoder(gin.query_parameter("build_biencoder.encoder"))
-    cfg = spec.presets[gin.query_parameter("build_biencoder.config")](dtype=args.dtype)
+    layers = {"num_layers": args.layers} if args.layers else {}
+    cfg = spec.presets[gin.query_parameter("build_biencoder.config")](dtype=args.dtype, **layers)
     model = BiEncoder(spec.module(cfg, gin.query_parameter("build_biencoder.pooling")),
                       shared=gin.query_parameter("build_biencoder.shared"))
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
@@ -98,7 +101,7 @@ def worker(args):
     ma = compiled.memory_analysis()
 
     def per_device(tree, sh):
-        return sum(int(np.prod(y.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+        return sum(int(np.prod(y.shard_shape(x.shape))) * int(np.dtype(x.dtype).itemsize)
                    for x, y in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(sh)))
 
     taco_state = [x for x in jax.tree_util.tree_leaves(
@@ -109,7 +112,7 @@ def worker(args):
             lambda x: partitioning.elementwise_sharding(x.shape, mesh, P(), lead=1),
             taco_state[0].ema)
         ema_bytes = per_device(taco_state[0].ema, ema_sh)
-    out = {"devices": jax.device_count(), "dtype": args.dtype,
+    out = {"devices": jax.device_count(), "dtype": args.dtype, "layers": cfg.num_layers,
            "params": int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))),
            "batch": {t: v["batch_size"] for t, v in plan["tasks"].items()},
            "query_lens": {t: v["query_len_with_marker"] for t, v in plan["tasks"].items()},
@@ -117,6 +120,7 @@ def worker(args):
            "state_bytes": per_device(state, state_sh), "taco_ema_bytes": ema_bytes,
            "argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
            "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes}
+    out = {k: int(v) if isinstance(v, (np.integer, int)) else v for k, v in out.items()}
     out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
     print("MEMORY_PLAN_JSON " + json.dumps(out), flush=True)
 
@@ -127,6 +131,9 @@ def main():
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--grad_cache_chunk", type=int, default=None)
     p.add_argument("--model_parallel", type=int, default=1)
+    p.add_argument("--layers", type=int, default=None,
+                   help="encoder and decoder layers (default: T5-base's 12); a smaller "
+                        "model compiles faster, and its line says so")
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -144,6 +151,8 @@ def main():
                                  "--xla_llvm_disable_expensive_passes=true")
             cmd = [sys.executable, __file__, "--worker", f"--dtype={dtype}",
                    f"--model_parallel={args.model_parallel}"]
+            if args.layers:
+                cmd.append(f"--layers={args.layers}")
             if args.grad_cache_chunk:
                 cmd.append(f"--grad_cache_chunk={args.grad_cache_chunk}")
             print(f"-- compiling the T5-base TACO step: {n} device(s), {dtype} ...", flush=True)
@@ -154,7 +163,7 @@ def main():
                          + res.stderr[-4000:])
             r = json.loads(line[0].split(" ", 1)[1])
             rows.append(r)
-            print(f"   {r['params'] / 1e6:.1f}M params; per-task batch {r['batch']} "
+            print(f"   {r['layers']} layers per stack, {r['params'] / 1e6:.1f}M params; per-task batch {r['batch']} "
                   f"(padded to {r['rows_per_task']} rows); query lengths {r['query_lens']}; "
                   f"{r['negatives']} hard negatives; passages {r['passage_len']} tokens")
             print(f"   per device: arguments {r['argument'] / GIB:.2f} GiB (train state "
@@ -172,7 +181,8 @@ def main():
     last = [r for r in rows if r["dtype"] == "bfloat16"] or rows
     r = max(last, key=lambda r: r["devices"])
     short = {"bfloat16": "bf16", "float32": "fp32"}.get(r["dtype"], r["dtype"])
-    print(f"memory_plan: T5-base TACO, {r['devices']} devices, {short}: "
+    model = "T5-base" if r["layers"] == 12 else f"T5-base with {r['layers']} of 12 layers"
+    print(f"memory_plan: {model} TACO, {r['devices']} devices, {short}: "
           f"{r['peak'] / GIB:.1f} GiB/device")
 
 

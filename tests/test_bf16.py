@@ -80,3 +80,26 @@ def test_bfloat16_losses_match_float32(mini):
     # the same computation at bfloat16's precision (~3 significant digits)
     np.testing.assert_allclose(losses, losses32, rtol=3e-2, atol=3e-2)
     assert not np.array_equal(losses, losses32)  # and not float32 under another name
+
+
+def test_gradient_cache_with_bfloat16_embeddings_equals_the_plain_gradient():
+    """The gradient cache feeds each chunk's cotangent back in the embeddings' dtype: with
+    bfloat16 embeddings (the accelerator default) a float32 one made jax.vjp refuse."""
+    from multiret_jax.training.gradcache import cached_value_and_grad
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)}
+    encode = lambda p, x, r: jnp.tanh(x.astype(jnp.bfloat16) @ p["w"].astype(jnp.bfloat16))
+    q = jnp.asarray(rng.standard_normal((8, 6)), jnp.float32)
+    d = jnp.asarray(rng.standard_normal((16, 6)), jnp.float32)
+
+    def loss(qe, pe):
+        s = qe.astype(jnp.float32) @ pe.astype(jnp.float32).T
+        return -jnp.mean(jax.nn.log_softmax(s, axis=1)[jnp.arange(8), jnp.arange(8)])
+
+    got_loss, got = jax.jit(lambda p: cached_value_and_grad(loss, encode, encode, p, q, d, 4))(
+        params)
+    want_loss, want = jax.value_and_grad(lambda p: loss(encode(p, q, None),
+                                                        encode(p, d, None)))(params)
+    assert got["w"].dtype == jnp.float32
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    np.testing.assert_allclose(got["w"], want["w"], rtol=2e-2, atol=2e-3)

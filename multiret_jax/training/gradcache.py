@@ -48,8 +48,9 @@ def _backprop(encode: EncodeFn, params: Any, grads: Any, chunks: Any, rngs: Opti
 
     def step(acc, xs):
         c, r, g = xs
-        _, vjp = jax.vjp(lambda p: encode(p, c, r), params)
-        return jax.tree_util.tree_map(jnp.add, acc, vjp(g.astype(jnp.float32))[0]), None
+        out, vjp = jax.vjp(lambda p: encode(p, c, r), params)
+        # the cotangent in the embeddings' own dtype (bfloat16 with a bf16 model)
+        return jax.tree_util.tree_map(jnp.add, acc, vjp(g.astype(out.dtype))[0]), None
 
     return jax.lax.scan(step, grads, (chunks, rngs, emb_grads))[0]
 
