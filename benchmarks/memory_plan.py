@@ -43,7 +43,6 @@ def worker(args):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from multiret_jax import partitioning
     from multiret_jax.gin_utils import parse_gin
@@ -104,14 +103,12 @@ def worker(args):
         return sum(int(np.prod(y.shard_shape(x.shape))) * int(np.dtype(x.dtype).itemsize)
                    for x, y in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(sh)))
 
-    taco_state = [x for x in jax.tree_util.tree_leaves(
-        state["opt_state"][0], is_leaf=lambda x: hasattr(x, "ema")) if hasattr(x, "ema")]
-    ema_bytes = 0
-    if taco_state:
-        ema_sh = jax.tree_util.tree_map(
-            lambda x: partitioning.elementwise_sharding(x.shape, mesh, P(), lead=1),
-            taco_state[0].ema)
-        ema_bytes = per_device(taco_state[0].ema, ema_sh)
+    # the TACO EMA's leaves (any ``.ema`` in the optimizer state), placed as the trainer places them
+    paths = jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]
+    ema = [i for i, (path, _) in enumerate(paths) if "ema" in jax.tree_util.keystr(path)]
+    leaves = [x for _, x in paths]
+    shardings = jax.tree_util.tree_leaves(state_sh["opt_state"])
+    ema_bytes = per_device([leaves[i] for i in ema], [shardings[i] for i in ema])
     out = {"devices": jax.device_count(), "dtype": args.dtype, "layers": cfg.num_layers,
            "params": int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))),
            "batch": {t: v["batch_size"] for t, v in plan["tasks"].items()},

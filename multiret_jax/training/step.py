@@ -65,16 +65,15 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, seed: int = 
             "rng": jax.random.PRNGKey(seed), "skipped": jnp.zeros([], jnp.int32)}
 
 
-def state_shardings(state: State, mesh: Mesh, param_shardings: Any = None,
-                    shard_elementwise: bool = True) -> Any:
+def state_shardings(state: State, mesh: Mesh, param_shardings: Any = None) -> Any:
     """NamedShardings for ``state``.
 
     Parameters follow ``param_shardings`` (replicated when None). Optimizer leaves shaped
     like a parameter (Adam's moments) or like ``[K, *param]`` (TACO's EMA, any multitask
-    method's K x params state) are elementwise, so with ``shard_elementwise`` they are
-    split over every mesh axis the parameter's own sharding leaves free, data axis
-    included (``partitioning.elementwise_spec``): 1/devices of them per device. Without
-    it they follow the parameter's sharding. Everything else is replicated."""
+    method's K x params state) are elementwise, so they are split over every mesh axis the
+    parameter's own sharding leaves free, data axis included
+    (``partitioning.elementwise_spec``): 1/devices of them per device. Everything else is
+    replicated."""
     rep = NamedSharding(mesh, P())
     out = jax.tree_util.tree_map(lambda _: rep, state)
     p_leaves = jax.tree_util.tree_leaves(state["params"])
@@ -92,8 +91,6 @@ def state_shardings(state: State, mesh: Mesh, param_shardings: Any = None,
             sh = by_shape.get(shape[lead:])
             if sh is None or (lead and not shape[lead:]):
                 continue
-            if not shard_elementwise:
-                return NamedSharding(mesh, P(*([None] * lead), *sh.spec)) if lead else sh
             return partitioning.elementwise_sharding(shape, mesh, sh.spec, lead)
         return rep
 
