@@ -64,7 +64,7 @@ def main() -> None:
     from multiret_jax.data.tasks import get_task
     from multiret_jax.data.tokenization import Tokenization
     from multiret_jax.models.encoders import build_biencoder
-    from multiret_jax.data.bm25 import BM25Retriever
+    from multiret_jax.data.bm25_cache import BM25Cache
     from multiret_jax.training.inputs import load_task_data
     from multiret_jax.training.step import init_train_state, make_train_step, task_shapes_of
 
@@ -73,7 +73,7 @@ def main() -> None:
     table = PassageTable.from_pages(kilt.iter_knowledge_source(
         os.path.join(data_dir, "knowledge_source.jsonl")))
     tasks = [get_task(n) for n in KILT_TRAIN_SIZES]
-    bm25 = BM25Retriever().index(table, show_progress=False)
+    bm25 = BM25Cache(os.path.join(data_dir, ".bm25_cache"), table, progress=False)
     data, _ = load_task_data(data_dir, table, tasks, bm25, args.negatives, None)
     sizes = task_batch_sizes(KILT_TRAIN_SIZES, args.global_batch, c=args.c)
     rng = np.random.default_rng(0)

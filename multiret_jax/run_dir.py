@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence, Tuple
 import gin
 
 from multiret_jax.checksums import file_sha256
-from multiret_jax.data import kilt
+from multiret_jax.data.passage_store import knowledge_source_table
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.tasks import QueryFormat
 from multiret_jax.data.tokenization import Tokenization
@@ -195,5 +195,5 @@ def run_table(model_dir: str, data_dir: Optional[str] = None,
     if not os.path.isfile(ks):
         raise FileNotFoundError(f"{ks}: missing (data_dir must be a KILT directory or a saved "
                                 "PassageTable)")
-    return PassageTable.from_pages(kilt.iter_knowledge_source(ks),
-                                   mode=chunk_mode or train_setting("chunk_mode")), data_dir
+    return knowledge_source_table(ks, chunk_mode or train_setting("chunk_mode"),
+                                  cache_dir=train_setting("cache_dir")), data_dir

@@ -36,7 +36,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 import types
 from typing import Any, Dict, Optional, Sequence
 
@@ -52,7 +51,9 @@ from tqdm import tqdm
 from multiret_jax import cli, partitioning
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import TaskData, build_step_batch
-from multiret_jax.data.bm25 import BM25Retriever
+from multiret_jax.data.bm25_cache import BM25Cache
+from multiret_jax.data.candidate_pool import CandidatePool, candidate_pool
+from multiret_jax.data.passage_store import default_cache_dir, knowledge_source_table
 from multiret_jax.data.mixing import MixingSampler
 from multiret_jax.data.union import UnionSampler, union_batch
 from multiret_jax.data.passages import PassageTable
@@ -65,6 +66,7 @@ from multiret_jax.models.params_io import PARAMS_FILE, flat_numpy, load_params_i
 from multiret_jax.training import ance, distributed, run_config
 from multiret_jax.training import plan as training_plan
 from multiret_jax.training.settings import check_settings
+from multiret_jax.training.stage_log import timed
 from multiret_jax.training.checkpointing import Checkpointer
 from multiret_jax.training.inputs import load_task_data, training_tokenizer
 from multiret_jax.training.scalars import ScalarLogger, write_summary
@@ -72,7 +74,7 @@ from multiret_jax.training.step import (DEFAULT_PER_TASK, batch_shardings, init_
                                         make_train_step, put_batch, state_shardings,
                                         task_shapes_of)
 from multiret_jax.training.report import comparison_table, final_report
-from multiret_jax.training.validation import validate
+from multiret_jax.training.validation import dev_subset, validate
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
           ance_episodes: int = 0, ance_episode_steps: int = 0,
           ance_episode_epochs: Optional[float] = None,
           multitask_last_phases: Optional[int] = None,
+          cache_dir: Optional[str] = None, val_pool_size: Optional[int] = 100_000,
+          val_pool_bm25_depth: int = 10, val_max_queries: Optional[int] = None,
           ance_depth: int = 100, ance_sample: bool = True, ance_index_spec: Optional[str] = None,
           ance_tasks: Optional[Sequence[str]] = None,
           reset_multitask_state: bool = False,
@@ -118,7 +122,19 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
       tasks / exclude_tasks: tasks to train on (default every task with a train file),
         minus ``exclude_tasks`` (leave-one-out).
       val_tasks: tasks validated (default every task with a dev file, held-out ones too).
+      val_pool_size, val_pool_bm25_depth: periodic validation ranks a fixed, seeded pool of
+        this many passages (the dev queries' gold pages, their BM25 top
+        ``val_pool_bm25_depth``, random passages; ``data/candidate_pool.py``), so its cost
+        does not grow with the corpus; None, or a corpus no larger: the whole corpus. The
+        figures are labelled with what they ranked; full-corpus figures come from
+        ``python -m multiret_jax.retrieve``.
+      val_max_queries: validate at most this many dev queries per task (a seeded subset,
+        the same at every validation); None: all.
       max_examples: few-shot: examples kept per task (seeded subset).
+      cache_dir: what is computed once per data set and reused by resumes and later runs:
+        the chunked passages (``data/passage_store.py``, memory-mapped) and BM25's index,
+        hard negatives and dev rankings (``data/bm25_cache.py``); default
+        ``$MULTIRET_JAX_CACHE``, else ``~/.cache/multiret_jax``.
       steps: BM25 warm-up steps (all steps without ANCE); ``epochs`` instead gives
         the warm-up in epochs (``training/plan.py``: an epoch is the largest
         ``ceil(N_k / B_k)`` over tasks, or ``ceil(N / B)`` for union batches).
@@ -207,7 +223,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     if finished is not None and not return_state:
         return finished
     os.makedirs(model_dir, exist_ok=True)
-    table, data, bm25, dev, sizes = prepare_data(s)
+    table, data, bm25, dev, sizes, pool = prepare_data(s)
     model, params, cfg, tokenizer, lens = prepare_model(s, table, data)
     run_config.check_and_save(model_dir, config, allow_config_change, write=main_process,
                               defaults=defaults)
@@ -215,7 +231,7 @@ def train(model_dir: str = gin.REQUIRED, data_dir: Optional[str] = None,
     plan = ance.EpisodePlan(the_plan["phases"][0]["steps"], ance_episodes,
                             the_plan["phases"][-1]["steps"] if ance_episodes else 0)
     mt, tx, schedule = make_optimizer(s, the_plan, len(data))
-    run = Run(s, plan, data, table, model, tokenizer, lens, main_process)
+    run = Run(s, plan, data, table, model, tokenizer, lens, main_process, pool)
     state, state_sh, ckpt, mesh, row_multiple = init_or_restore(s, params, tx, model, plan)
     step_fn, make_batch, batch_sh = compile_step(run, model, tx, state, state_sh, mesh,
                                                  row_multiple, data)
@@ -250,6 +266,7 @@ class Run:
     tokenizer: Tokenization
     lens: Lengths
     main_process: bool
+    pool: CandidatePool  # what validation ranks
 
 
 # ------------------------------------------------------------------------ 1. run directory
@@ -282,7 +299,8 @@ def finished_run(model_dir: str, total_steps: Optional[int]) -> Optional[dict]:
 # ----------------------------------------------------------------------------------- 2. data
 def prepare_data(s: Settings):
     """The benchmark's passage table, the training tasks' examples with BM25 hard
-    negatives, the BM25 index and the dev records validated."""
+    negatives, BM25 (``BM25Cache``), the dev records validated, each task's example count
+    before the caps and the validation candidate pool."""
     data_dir = s.data_dir
     if data_dir is None:
         data_dir = os.path.join(s.model_dir, "minikilt")
@@ -301,18 +319,23 @@ def prepare_data(s: Settings):
         raise ValueError(f"train.ance_tasks names {unknown}, which this run does not train "
                          f"(it trains {[t.name for t in task_list]})")
     source = os.path.join(data_dir, "knowledge_source.jsonl")
-    pages = tqdm(kilt.iter_knowledge_source(source), desc="knowledge source", unit=" pages",
-                 mininterval=1, disable=jax.process_index() != 0)
-    table = PassageTable.from_pages(pages, mode=s.chunk_mode)
-    log.info("%d passages from %s (%s chunks); indexing them for BM25", len(table), source,
-             s.chunk_mode)
-    bm25 = BM25Retriever().index(table, show_progress=False)
-    data, sizes = load_task_data(data_dir, table, task_list, bm25, s.num_negatives, s.min_bleu,
-                                 s.max_examples, s.seed, caps=s.task_caps)
+    cache, main = s.cache_dir or default_cache_dir(), jax.process_index() == 0
+    with timed("passages"):
+        table = distributed.main_first("passages", lambda: knowledge_source_table(
+            source, s.chunk_mode, cache_dir=cache, progress=main))
+    log.info("%d passages from %s (%s chunks)", len(table), source, s.chunk_mode)
+    bm25 = BM25Cache(os.path.join(cache, "bm25"), table, progress=main)
+    with timed("training examples and BM25 negatives"):
+        data, sizes = load_task_data(data_dir, table, task_list, bm25, s.num_negatives,
+                                     s.min_bleu, s.max_examples, s.seed, caps=s.task_caps)
     val_names = s.val_tasks or [t.name for t in benchmark_tasks(data_dir, "dev", None)]
-    dev = {t.name: kilt.read_task_file(os.path.join(data_dir, t.filename("dev")))
+    dev = {t.name: dev_subset(kilt.read_task_file(os.path.join(data_dir, t.filename("dev"))),
+                              s.val_max_queries, s.seed, t.name)
            for t in benchmark_tasks(data_dir, "dev", val_names)}
-    return table, data, bm25, dev, sizes
+    with timed("validation pool"):
+        pool = distributed.main_first("validation_pool", lambda: candidate_pool(
+            table, dev, bm25, s.val_pool_size, s.val_pool_bm25_depth, s.seed))
+    return table, data, bm25, dev, sizes, pool
 
 
 # ---------------------------------------------------------------------------------- 3. model
@@ -401,21 +424,6 @@ def compile_step(run: Run, model, tx, state, state_sh, mesh, row_multiple: int, 
     return step_fn, make_batch, batch_sh
 
 
-class timed:
-    """Logs ``what`` before and its elapsed seconds after (phases without a progress bar)."""
-
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self):
-        log.info("%s ...", self.what)
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            log.info("%s: done in %.0f s", self.what, time.perf_counter() - self.start)
-
-
 # ------------------------------------------------------------------------------- 7. the loop
 def train_loop(run: Run, state, state_sh, step_fn, make_batch, batch_sh, ckpt, mt, schedule,
                dev):
@@ -442,7 +450,8 @@ def train_loop(run: Run, state, state_sh, step_fn, make_batch, batch_sh, ckpt, m
         if episode and step == plan.start(episode):
             bar.write(f"ANCE episode {episode} of {plan.episodes} at step {step}: "
                       "mining negatives with the current model")
-            use_episode(run, episode, state["params"])
+            with timed(f"ANCE episode {episode}: negatives"):
+                use_episode(run, episode, state["params"])
             if s.reset_multitask_state:
                 state["opt_state"] = (mt.init(state["params"]),) + tuple(state["opt_state"][1:])
                 state = jax.device_put(state, state_sh)
@@ -466,7 +475,8 @@ def train_loop(run: Run, state, state_sh, step_fn, make_batch, batch_sh, ckpt, m
             result = validate_now(run, state, dev)
             metrics = {"avg_page_rprec": result["avg_page_rprec"]}
             bar.write(f"step {done}: val avg page R-prec {result['avg_page_rprec']:.4f} " +
-                      " ".join(f"{t}={r['page_rprec']:.3f}" for t, r in result["tasks"].items()))
+                      " ".join(f"{t}={r['page_rprec']:.3f}" for t, r in result["tasks"].items())
+                      + ("" if run.pool.info["kind"] == "full" else f" ({run.pool.label()})"))
             if logger:
                 logger.log(step, {"val/avg_page_rprec": result["avg_page_rprec"],
                                   **{f"val/{t}": r["page_rprec"] for t, r in result["tasks"].items()}})
@@ -480,16 +490,21 @@ def train_loop(run: Run, state, state_sh, step_fn, make_batch, batch_sh, ckpt, m
 
 
 def validate_now(run: Run, state, dev):
-    """Dense validation on every process, with a process-local parameter copy."""
-    return validate(run.model, distributed.host_local(state["params"]), run.tokenizer,
-                    run.table, dev, run.lens.eval_passage, training_plan.query_format_of(run.s),
-                    progress=run.main_process, query_len=run.lens.query,
-                    batch_size=run.s.eval_batch_size)
+    """Dense validation of the candidate pool on every process, with a process-local
+    parameter copy; the result's ``corpus`` says what was ranked."""
+    with timed(f"validation ({run.pool.label()})"):
+        result = validate(run.model, distributed.host_local(state["params"]), run.tokenizer,
+                          run.pool.table, dev, run.lens.eval_passage,
+                          training_plan.query_format_of(run.s), progress=run.main_process,
+                          query_len=run.lens.query, batch_size=run.s.eval_batch_size)
+    return {**result, "corpus": {**run.pool.info, "label": run.pool.label()}}
 
 
 def use_episode(run: Run, episode: int, params_now) -> None:
     """Swaps ``episode``'s dense negatives into ``run.data``: loaded when that episode's
-    file exists (a resumed run), else mined with the current parameters and saved."""
+    file exists (a resumed run), else mined with the current parameters (each process
+    encoding its share of the corpus into ``ance/episode_<e>_emb/``) and saved by process
+    0, which then removes the embeddings."""
     s = run.s
     params_now = distributed.host_local(params_now)  # mined on every process alike
     path = ance.negatives_path(s.model_dir, episode)
@@ -502,9 +517,13 @@ def use_episode(run: Run, episode: int, params_now) -> None:
                                  passage_len=run.lens.eval_passage, query_len=run.lens.query,
                                  marker=training_plan.query_format_of(s), batch_size=s.eval_batch_size,
                                  depth=s.ance_depth, sample=s.ance_sample,
-                                 index_spec=s.ance_index_spec, progress=run.main_process)
+                                 index_spec=s.ance_index_spec, progress=run.main_process,
+                                 emb_dir=ance.episode_emb_dir(s.model_dir, episode))
         if run.main_process:
             ance.save_negatives(path, negs)
+    distributed.barrier("ance_negatives")  # saved before the embeddings go
+    if run.main_process:
+        ance.remove_episode_embeddings(s.model_dir, episode)
     for name, d in mined.items():
         run.data[name] = TaskData(d.task, d.examples, negs[name])
 
@@ -522,8 +541,10 @@ def finish(run: Run, state, ckpt, bm25, dev, result, initial) -> dict:
     final = flat_params(state["params"]) if finished else None  # on every process: may gather
     if run.main_process and finished:  # (also an evaluation-only run: steps=0)
         if s.compare_bm25 and (result or initial):
-            comparison_table(s.model_dir, bm25, run.table, dev, result, initial,
-                             int(state["step"]))
+            pool_bm25 = (bm25 if run.pool.info["kind"] == "full" else  # BM25 ranks the pool too
+                         BM25Cache(bm25.root, run.pool.table, bm25.bm25_params, progress=False))
+            comparison_table(s.model_dir, pool_bm25, run.pool.table, dev, result, initial,
+                             int(state["step"]), run.pool.label())
         save_file(final, os.path.join(s.model_dir, PARAMS_FILE))
         write_summary(os.path.join(s.model_dir, SUMMARY_FILE), summary)  # last: "finished"
     return summary
@@ -537,7 +558,7 @@ def flat_params(params) -> Dict[str, np.ndarray]:
 
 def _metrics(result):
     return None if result is None else {"avg_page_rprec": result["avg_page_rprec"],
-                                        "tasks": result["tasks"]}
+                                        "tasks": result["tasks"], "corpus": result["corpus"]}
 
 
 # -------------------------------------------------------------------------- command line

@@ -9,6 +9,21 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def multiret_cache(tmp_path_factory):
+    """The tests' own cache of passage stores and BM25 results (``MULTIRET_JAX_CACHE``,
+    inherited by the commands they start), instead of the user's ~/.cache/multiret_jax."""
+    import os
+    path = tmp_path_factory.mktemp("multiret_cache")
+    old = os.environ.get("MULTIRET_JAX_CACHE")
+    os.environ["MULTIRET_JAX_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MULTIRET_JAX_CACHE", None)
+    else:
+        os.environ["MULTIRET_JAX_CACHE"] = old
+
+
 @pytest.fixture
 def clean_gin():
     """An empty gin configuration for the test, cleared again after it."""

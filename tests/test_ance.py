@@ -12,7 +12,7 @@ import pytest
 
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import TaskData
-from multiret_jax.data.bm25 import BM25Retriever
+from multiret_jax.data.bm25_cache import BM25Cache
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import TrainingExample
 from multiret_jax.data.tasks import benchmark_tasks, get_task
@@ -57,7 +57,7 @@ def mined_setup(tmp_path_factory):
     minikilt.generate(directory, scale=0.3, seed=0)
     table = PassageTable.from_pages(kilt.iter_knowledge_source(
         os.path.join(directory, "knowledge_source.jsonl")), mode="page")
-    bm25 = BM25Retriever().index(table, show_progress=False)
+    bm25 = BM25Cache(os.path.join(directory, ".bm25_cache"), table, progress=False)
     data, _ = load_task_data(directory, table, benchmark_tasks(directory, "train", TASKS), bm25,
                              1, 0.5)
     tokenizer = Tokenization.train_wordlevel(table.contents(), 1000)

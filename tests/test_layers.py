@@ -32,7 +32,7 @@ LAYERS: Dict[str, int] = {
     f"{PACKAGE}.data": 0, f"{PACKAGE}.metrics": 0, f"{PACKAGE}.embedded": 0,
     f"{PACKAGE}.partitioning": 0, f"{PACKAGE}.gin_utils": 0, f"{PACKAGE}.cli": 0,
     f"{PACKAGE}.checksums": 0, f"{PACKAGE}.tables": 0, f"{PACKAGE}.trec": 0,
-    f"{PACKAGE}.outputs": 0,
+    f"{PACKAGE}.outputs": 0, f"{PACKAGE}.processes": 0,
     f"{PACKAGE}.models": 1, f"{PACKAGE}.multitask": 1,
     f"{PACKAGE}.encoding": 2, f"{PACKAGE}.run_dir": 2,
     f"{PACKAGE}.index": 3, f"{PACKAGE}.training": 3, f"{PACKAGE}.training.losses": 3,

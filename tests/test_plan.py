@@ -187,19 +187,19 @@ def test_caps_downsample_before_the_bm25_negatives(tmp_path):
     """A capped task keeps a seeded subset (the same on every call) of its examples, and
     only those get BM25 negatives."""
     from multiret_jax.data import kilt, minikilt
-    from multiret_jax.data.bm25 import BM25Retriever
+    from multiret_jax.data.bm25_cache import BM25Cache
     from multiret_jax.data.passages import PassageTable
     from multiret_jax.data.tasks import benchmark_tasks
     from multiret_jax.training.inputs import load_task_data
     d = str(tmp_path / "mk")
     minikilt.generate(d, scale=0.3, seed=0)
     table = PassageTable.from_pages(kilt.iter_knowledge_source(os.path.join(d, "knowledge_source.jsonl")))
-    bm25 = BM25Retriever().index(table, show_progress=False)
+    bm25 = BM25Cache(str(tmp_path / "bm25"), table)
     tasks = benchmark_tasks(d, "train", ["nq", "trex"])
-    full, sizes = load_task_data(d, table, tasks, bm25, 1, 0.5, progress=False)
-    capped, sizes2 = load_task_data(d, table, tasks, bm25, 1, 0.5, progress=False,
+    full, sizes = load_task_data(d, table, tasks, bm25, 1, 0.5)
+    capped, sizes2 = load_task_data(d, table, tasks, bm25, 1, 0.5,
                                     caps={"trex": 10})
-    again, _ = load_task_data(d, table, tasks, bm25, 1, 0.5, progress=False, caps={"trex": 10})
+    again, _ = load_task_data(d, table, tasks, bm25, 1, 0.5, caps={"trex": 10})
     assert sizes == sizes2 and sizes["trex"] > 10
     assert len(capped["trex"].examples) == 10 and capped["trex"].hard_negatives.shape[0] == 10
     assert len(capped["nq"].examples) == len(full["nq"].examples)

@@ -35,9 +35,11 @@ def _command(model_dir: Path, steps: int):
 def _env(cache_dir: Path):
     # A persistent compilation cache shared by the runs of this test: the rerun and the
     # uninterrupted run load the programs the first run compiled instead of compiling them
-    # again (the same programs either way; it only saves time).
+    # again (the same programs either way; it only saves time). The test's own cache of
+    # passages and BM25 results: the first run must compute them, the rerun reuse them.
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-                JAX_COMPILATION_CACHE_DIR=str(cache_dir))
+                JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+                MULTIRET_JAX_CACHE=str(cache_dir.parent / "multiret_cache"))
 
 
 def _start(model_dir: Path, steps: int, log_path: Path, cache_dir: Path) -> subprocess.Popen:
@@ -131,6 +133,10 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
                          flags=re.IGNORECASE)
     assert resumed, "the rerun did not report resuming:\n" + _tail(rerun_log)
     assert int(resumed[0]) == left[-1], (resumed, left)
+    # BM25 once: the rerun reused the killed run's BM25 negatives (no index built again)
+    rerun_text = rerun_log.read_text(errors="replace")
+    assert re.search(r"BM25 negatives of \w+: reused", rerun_text), _tail(rerun_log)
+    assert "BM25: indexing" not in rerun_text
 
     got = load_file(str(killed_dir / "final_params.safetensors"))
     want = load_file(str(ref_dir / "final_params.safetensors"))

@@ -16,7 +16,7 @@ import pytest
 from multiret_jax import multitask
 from multiret_jax.data import kilt, minikilt
 from multiret_jax.data.batching import build_step_batch
-from multiret_jax.data.bm25 import BM25Retriever
+from multiret_jax.data.bm25_cache import BM25Cache
 from multiret_jax.data.mixing import MixingSampler
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.tasks import benchmark_tasks
@@ -47,7 +47,7 @@ class MiniData:
                  for t in tasks]
         self.table = PassageTable.from_pages(kilt.iter_knowledge_source(
             os.path.join(directory, "knowledge_source.jsonl")), mode="page")
-        bm25 = BM25Retriever().index(self.table, show_progress=False)
+        bm25 = BM25Cache(os.path.join(directory, ".bm25_cache"), self.table, progress=False)
         self.data, _ = load_task_data(directory, self.table, tasks, bm25, NEGATIVES, 0.5)
         self.tokenizer = Tokenization.train_wordlevel(self.table.contents(), VOCAB)
         self.sampler = MixingSampler({t: len(d.examples) for t, d in self.data.items()},

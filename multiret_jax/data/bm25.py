@@ -88,8 +88,10 @@ class BM25Retriever:
                        "num_passages": len(self.table)}, f, indent=1)
 
     @classmethod
-    def load(cls, directory: str, table: PassageTable, n_threads: int = 0) -> "BM25Retriever":
-        """Loads a saved index; refuses one built over another passage table."""
+    def load(cls, directory: str, table: PassageTable, n_threads: int = 0,
+             mmap: bool = False) -> "BM25Retriever":
+        """Loads a saved index (``mmap``: its arrays memory-mapped, read as searched);
+        refuses one built over another passage table."""
         meta_path = os.path.join(directory, "multiret_bm25.json")
         with open(meta_path) as f:
             meta = json.load(f)
@@ -97,7 +99,7 @@ class BM25Retriever:
             raise ValueError(f"{meta_path}: index was built over passage table "
                              f"{meta['passage_checksum'][:12]}, not {table.checksum[:12]}")
         self = cls(**meta["params"], n_threads=n_threads)
-        self.model = type(self.model).load(directory, show_progress=False)
+        self.model = type(self.model).load(directory, mmap=mmap, show_progress=False)
         self.tokenizer.load_vocab(directory)
         self.tokenizer.load_stopwords(directory)
         self._attach(table)

@@ -129,8 +129,11 @@ class PassageTable:
         n = len(ids)
         if not (len(page_ids) == len(titles) == len(texts) == n and spans.shape == (n, 4)):
             raise ValueError("passage table columns have different lengths")
-        self.ids, self.page_ids, self.titles, self.texts = list(ids), list(page_ids), list(titles), list(texts)
-        self.spans = np.asarray(spans, np.int32)
+        # columns as lists, or as they are when memory-mapped (``passage_store.TextColumn``)
+        col = lambda c: c if getattr(c, "mapped", False) else list(c)
+        self.ids, self.page_ids, self.titles, self.texts = (col(c) for c in (ids, page_ids, titles,
+                                                                             texts))
+        self.spans = spans if isinstance(spans, np.memmap) else np.asarray(spans, np.int32)
         self._row: Optional[Dict[str, int]] = None
         self._page_rows: Optional[Dict[str, np.ndarray]] = None
         self._checksum: Optional[str] = None
@@ -158,6 +161,15 @@ class PassageTable:
         s = self.spans[row]
         return Passage(self.ids[row], self.page_ids[row], self.titles[row], self.texts[row],
                        int(s[0]), int(s[1]), int(s[2]), int(s[3]))
+
+    def select(self, rows: Sequence[int]) -> "PassageTable":
+        """A table of these rows, in the given order (e.g. a validation candidate pool)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside [0, {len(self)}) selected")
+        pick = lambda col: [col[int(r)] for r in rows]
+        return PassageTable(pick(self.ids), pick(self.page_ids), pick(self.titles),
+                            pick(self.texts), self.spans[rows])
 
     def row_of(self, pid: str) -> int:
         if self._row is None:

@@ -5,6 +5,16 @@ page) and training continues on them. Mining searches exactly by default; ``inde
 (gin ``train.ance_index_spec``, e.g. "HNSW32") searches a FAISS index of the episode's
 embeddings instead, for corpora where exact search is too slow.
 
+The trainer mines through the shard format (``emb_dir``, ``index/distributed_search.py``):
+each process encodes only its share of the corpus into ``<model_dir>/ance/episode_<e>_emb/``
+(resumable: a run killed while encoding keeps the finished shards), searches its own
+shards (exactly, or one FAISS index per process) and the partial rankings of all processes
+are merged, so every process filters the same ranking with the same seeded RNG and mines
+the same negatives; exact search gives exactly the negatives of one process. Process 0
+saves them once; ``remove_episode_embeddings`` then deletes the directory (~110 GB at 36M
+passages), only once the negatives file exists. Without ``emb_dir`` (or with
+``passage_emb``) the whole corpus is encoded and searched in memory on each process.
+
 ``EpisodePlan`` says which step starts which episode; ``mine_episode`` does the mining for
 all tasks; ``save_negatives`` / ``load_negatives`` keep each episode's negatives in
 ``<model_dir>/ance/episode_<e>.npz`` (numpy, no pickle) so a resumed run trains on the very
@@ -16,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
@@ -24,6 +35,8 @@ from multiret_jax.data.batching import TaskData
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.encoding import encode_passages_of, encode_queries_of
+from multiret_jax.index.distributed_search import ShardSearcher, encode_share
+from multiret_jax.index.shard_encoding import params_fingerprint, passage_encoder
 from multiret_jax.index.faiss_index import build_index
 from multiret_jax.index.mine import mine_negatives
 from multiret_jax.models.biencoder import BiEncoder
@@ -64,33 +77,53 @@ def mine_episode(model: BiEncoder, params: Any, tokenizer: Tokenization, table: 
                  passage_len: int = 128, query_len: Optional[int] = None,
                  marker: str = "prefix", sample: bool = False, seed: int = 0,
                  batch_size: int = 64, passage_emb: Optional[np.ndarray] = None,
+                 emb_dir: Optional[str] = None, shard_size: int = 100_000,
                  index_spec: Optional[str] = None, index_params: Optional[Dict[str, Any]] = None,
                  progress: bool = True) -> Dict[str, np.ndarray]:
     """Dense hard negatives for every task's training examples with ``params``.
 
+    With ``emb_dir`` every process must call it (barriers and collectives); the result is
+    the same on every process.
+
     Args:
-      model, params, tokenizer: the current bi-encoder.
+      model, params, tokenizer: the current bi-encoder (``params`` fully on this process,
+        ``distributed.host_local``).
       table: the training corpus (every passage is a candidate).
       data: ``{task: TaskData}``; the examples' positives and gold pages are excluded.
       num: negatives kept per query; depth: ranking depth searched.
       passage_len, query_len, marker: as in training.
       sample: sample ``num`` of the allowed top-``depth`` (ANCE) instead of the best.
       seed: RNG seed of the sampling.
+      batch_size: texts per encoder call.
       passage_emb: precomputed [P, D] corpus embeddings of ``params`` (skips encoding).
+      emb_dir: encode this process's share of the corpus into shards there (resumed;
+        another model's shards there are removed) and search every process's shards,
+        merged (``index/distributed_search.py``); None: encode and search in memory.
+      shard_size: rows per shard in ``emb_dir``.
       index_spec: search a FAISS index of that ``faiss.index_factory`` spec ("HNSW32",
-        "IVF4096,SQ8", ...) built over the embeddings instead of exact search ("Flat" gives
-        the exact negatives); index_params: its search parameters (nprobe, efSearch; HNSW
-        searches with efSearch >= depth anyway).
+        "IVF4096,SQ8", ...) built over the embeddings (with ``emb_dir``: one per process,
+        over its shards) instead of exact search ("Flat" gives the exact negatives);
+        index_params: its search parameters (nprobe, efSearch; HNSW searches with
+        efSearch >= depth anyway).
+      progress: tqdm bars.
     Returns:
       ``{task: int64 [N_k, num]}`` passage rows, -1 padded.
     """
-    if passage_emb is None:
-        passage_emb = encode_passages_of(model, params, tokenizer, table, passage_len,
-                                         batch_size, progress=progress)
-    searcher: Any = passage_emb
-    if index_spec is not None:
-        searcher = build_index(passage_emb, index_spec, passage_checksum=table.checksum,
-                               seed=seed, progress=progress).set_params(**(index_params or {}))
+    if passage_emb is None and emb_dir is not None:
+        searcher: Any = episode_searcher(model, params, tokenizer, table, emb_dir,
+                                         passage_len=passage_len, batch_size=batch_size,
+                                         shard_size=shard_size, index_spec=index_spec,
+                                         index_params=index_params, seed=seed,
+                                         progress=progress)
+    else:
+        if passage_emb is None:
+            passage_emb = encode_passages_of(model, params, tokenizer, table, passage_len,
+                                             batch_size, progress=progress)
+        searcher = passage_emb
+        if index_spec is not None:
+            searcher = build_index(passage_emb, index_spec, passage_checksum=table.checksum,
+                                   seed=seed, progress=progress
+                                   ).set_params(**(index_params or {}))
     out = {}
     for i, (name, d) in enumerate(data.items()):
         q = encode_queries_of(model, params, tokenizer, d.task, [e.query for e in d.examples],
@@ -104,6 +137,51 @@ def mine_episode(model: BiEncoder, params: Any, tokenizer: Tokenization, table: 
         log.info("ANCE: task %s: %d queries, %.1f%% of %d negative slots filled",
                  name, len(d.examples), 100 * found, num)
     return out
+
+
+def episode_searcher(model: BiEncoder, params: Any, tokenizer: Tokenization,
+                     table: PassageTable, emb_dir: str, *, passage_len: int = 128,
+                     batch_size: int = 64, shard_size: int = 100_000,
+                     index_spec: Optional[str] = None,
+                     index_params: Optional[Dict[str, Any]] = None, seed: int = 0,
+                     progress: bool = True) -> ShardSearcher:
+    """Encodes this process's share of ``table`` into ``emb_dir`` and returns the searcher
+    over every process's shards (``distributed_search``). Every process must call it.
+
+    Args:
+      model, params, tokenizer, table: the bi-encoder, its parameters and the corpus.
+      emb_dir: the episode's shard directory (a scratch directory: shards of other
+        parameters there are removed, finished shards of these parameters reused).
+      passage_len, batch_size, shard_size: encoding settings.
+      index_spec, index_params, seed: a FAISS index per process instead of exact search.
+      progress: tqdm bars.
+    Returns:
+      A ``ShardSearcher``: ``searcher(queries, k) -> (rows, scores)``, merged over processes.
+    """
+    encode_share(passage_encoder(model, params), tokenizer, table, emb_dir,
+                 fingerprint=params_fingerprint(params), scratch=True, shard_size=shard_size,
+                 batch_size=batch_size, passage_len=passage_len, progress=progress)
+    return ShardSearcher(emb_dir, table, index_spec=index_spec, index_params=index_params,
+                         seed=seed, progress=progress)
+
+
+def episode_emb_dir(model_dir: str, episode: int) -> str:
+    """``<model_dir>/ance/episode_<episode>_emb``: the episode's corpus embeddings."""
+    return os.path.join(model_dir, "ance", f"episode_{episode}_emb")
+
+
+def remove_episode_embeddings(model_dir: str, episode: int) -> bool:
+    """Deletes the episode's embedding directory once its negatives file exists.
+
+    Returns:
+      Whether a directory was removed (False: none there, or no negatives file yet, when
+      the embeddings are kept for a resumed run).
+    """
+    emb_dir = episode_emb_dir(model_dir, episode)
+    if not os.path.isdir(emb_dir) or not os.path.isfile(negatives_path(model_dir, episode)):
+        return False
+    shutil.rmtree(emb_dir)
+    return True
 
 
 def negatives_path(model_dir: str, episode: int) -> str:

@@ -7,9 +7,12 @@ devices, each process feeds its addressable shards of the global batch
 only process 0 writes the other files (mini-KILT, vocabulary, ANCE negatives, TensorBoard
 events, ``final_params.safetensors``, ``summary.json``).
 
-Validation and ANCE mining run redundantly on each process, with a process-local copy of
-the parameters (``host_local``): encoding and exact search are host loops over local
-arrays, so every process ranks with the same values and no collective is involved.
+Validation runs redundantly on each process, with a process-local copy of the parameters
+(``host_local``): encoding and exact search are host loops over local arrays, so every
+process ranks with the same values and no collective is involved. ANCE mining splits the
+corpus instead (``index/distributed_search.py``): each process encodes and searches its
+share of the shards, and the partial rankings are gathered (after a barrier) and merged,
+so every process filters the same ranking.
 
 CPU collectives across processes use gloo, the default of
 ``jax_cpu_collectives_implementation`` in jax 0.10 (nothing to set before
@@ -17,42 +20,24 @@ CPU collectives across processes use gloo, the default of
 late ("Gloo context initialization failed: ... GetKeyValue() timed out"), so the waits
 here (``barrier``: while process 0 writes the mini-KILT; ``compile_together``: compile
 times differ between processes) use the coordination service's barrier instead.
+``initialize`` and ``barrier`` live in ``multiret_jax/processes.py`` (layer 0, so that
+``index/`` can use them) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from multiret_jax.processes import barrier, initialize
+
+__all__ = ["barrier", "initialize", "compile_together", "host_local", "to_numpy"]
+
 log = logging.getLogger(__name__)
-
-
-def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> None:
-    """``jax.distributed.initialize``; None arguments are auto-detected (TPU pods, SLURM,
-    Open MPI, ...). Must run before anything starts a JAX backend; a no-op once done."""
-    if jax.distributed.is_initialized():
-        return
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-    log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-_BARRIERS = itertools.count()
-
-
-def barrier(name: str, timeout_s: int = 3600) -> None:
-    """Waits until every process got here (a no-op with one process)."""
-    if jax.process_count() > 1:
-        from jax._src import distributed as jax_distributed  # its client, as orbax uses it
-        jax_distributed.global_state.client.wait_at_barrier(
-            f"multiret_{name}_{next(_BARRIERS)}", timeout_in_ms=timeout_s * 1000)
 
 
 def compile_together(fn: Callable, *args: Any) -> None:
@@ -82,3 +67,19 @@ def host_local(tree: Any) -> Any:
 def to_numpy(tree: Any) -> Any:
     """Host (numpy) copies of a pytree's full values; collective like ``host_local``."""
     return jax.tree_util.tree_map(np.asarray, host_local(tree))
+
+
+def main_first(name: str, fn: Callable[[], Any], timeout_s: int = 48 * 3600) -> Any:
+    """``fn()`` on process 0, then, once it is done, on the others: for work that caches
+    its results in shared files (BM25 negatives, the validation pool), which the others
+    then read instead of computing (or compute too, where the files are not shared).
+
+    Args:
+      name: the barrier's name.
+      fn: the work; every process returns its own call's result.
+      timeout_s: how long the others wait for process 0 (BM25 over 36M passages takes
+        hours).
+    """
+    out = fn() if jax.process_index() == 0 else None
+    barrier(name, timeout_s=timeout_s)
+    return fn() if jax.process_index() != 0 else out

@@ -9,11 +9,10 @@ import random
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
-from tqdm import tqdm
 
 from multiret_jax.data import kilt
 from multiret_jax.data.batching import TaskData
-from multiret_jax.data.bm25 import BM25Retriever
+from multiret_jax.data.bm25_cache import BM25Cache
 from multiret_jax.data.mixing import downsample
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.data.provenance import training_examples
@@ -22,13 +21,17 @@ from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.training import distributed
 
 
-def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm25: BM25Retriever,
+def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm25: BM25Cache,
                    num_negatives: int, min_bleu: Optional[float],
                    max_examples: Optional[int] = None, seed: int = 0,
-                   progress: bool = True, caps: Optional[Mapping[str, int]] = None
+                   caps: Optional[Mapping[str, int]] = None
                    ) -> Tuple[Dict[str, TaskData], Dict[str, int]]:
     """Training examples per task with their top BM25 hard negatives, and each task's
     number of examples before ``caps``.
+
+    The negatives come from ``bm25`` (``data/bm25_cache.py``): computed once per data and
+    settings, then reused. With several processes, process 0 computes them first and the
+    others then read its files (or compute them too, where the cache is not shared).
 
     ``max_examples`` keeps a seeded random subset of that many examples per task
     (few-shot fine-tuning: 128 / 1,024). ``caps`` (``{task: cap}``, TACO's downsampling of
@@ -54,15 +57,10 @@ def load_task_data(data_dir: str, table: PassageTable, tasks: Sequence[Task], bm
         if cap is not None and len(examples) > cap:
             examples = [examples[i] for i in downsample(len(examples), cap, seed, task.name)]
         examples_of[task] = examples
-    out = {}
-    with tqdm(total=sum(map(len, examples_of.values())), desc="BM25 negatives", unit=" queries",
-              disable=not progress or jax.process_index() != 0) as bar:
-        for task, examples in examples_of.items():
-            rows, _ = bm25.search([e.query for e in examples], k=100, show_progress=False)
-            negs = bm25.hard_negatives(rows, [e.positives for e in examples], num=num_negatives)
-            out[task.name] = TaskData(task, examples, negs)
-            bar.update(len(examples))
-    return out, sizes
+    negatives = lambda: {task.name: bm25.hard_negatives(task.name, examples, num_negatives)
+                         for task, examples in examples_of.items()}
+    negs = distributed.main_first("bm25_negatives", negatives)
+    return {t.name: TaskData(t, ex, negs[t.name]) for t, ex in examples_of.items()}, sizes
 
 
 def training_tokenizer(model_dir: str, tokenizer_dir: Optional[str], checkpoint_dir: Optional[str],

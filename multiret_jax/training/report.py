@@ -8,21 +8,27 @@ import os
 from typing import Dict, Optional
 
 from multiret_jax import tables
-from multiret_jax.data.bm25 import BM25Retriever
+from multiret_jax.data.bm25_cache import BM25Cache
 from multiret_jax.data.passages import PassageTable
 from multiret_jax.training.validation import ranking_metrics
 
 TABLE_PREFIX = "table"
 
 
-def comparison_table(model_dir: str, bm25: BM25Retriever, table: PassageTable, dev, result,
-                     initial, step: int) -> str:
+def comparison_table(model_dir: str, bm25: BM25Cache, table: PassageTable, dev, result,
+                     initial, step: int, corpus: Optional[str] = None) -> str:
     """Per-task R-precision x100 of BM25 next to the model (and its initial state), written
-    to ``<model_dir>/table.{txt,md,csv,json}``; returns the text."""
+    to ``<model_dir>/table.{txt,md,csv,json}``; returns the text.
+
+    Args:
+      bm25, table: BM25 over the passages the model was validated on, and those passages
+        (the validation pool, or the whole corpus).
+      corpus: what ``table`` is (``CandidatePool.label()``), named in the text.
+    """
     bm = {}
     for name, records in dev.items():
         records = [r for r in records if r.input is not None]
-        ranked, _ = bm25.search([r.input for r in records], k=100, show_progress=False)
+        ranked = bm25.rankings(f"{name}-dev", [r.input for r in records], k=100)
         bm[name] = ranking_metrics(records, ranked, table)
     runs = [("BM25", bm)]
     if initial is not None:
@@ -39,7 +45,12 @@ def comparison_table(model_dir: str, bm25: BM25Retriever, table: PassageTable, d
     names = list(dev)
     tables.write_tables(os.path.join(model_dir, TABLE_PREFIX), rows, names)
     text = ("Dev-set KILT R-precision x100 (page level is the main metric; \"initial\" is "
-            "the untrained model):\n\n" + tables.format_table(rows, names))
+            f"the untrained model){f'; ranked: {corpus}' if corpus else ''}:\n\n"
+            + tables.format_table(rows, names))
+    if corpus and not corpus.startswith("full"):
+        text += ("\nA validation pool has fewer distractors than the corpus: full-corpus "
+                 f"figures come from python -m multiret_jax.retrieve --model_dir={model_dir} "
+                 f"--out_dir={os.path.join(model_dir, 'retrieval')}\n")
     with open(os.path.join(model_dir, TABLE_PREFIX + ".txt"), "w") as f:
         f.write(text)
     return text
@@ -53,7 +64,10 @@ def final_report(model_dir: str, summary: dict) -> str:
         with open(path) as f:
             body = f.read()
     elif summary.get("validation"):
-        body = f"validation: average page R-prec {summary['validation']['avg_page_rprec']:.4f}\n"
+        v = summary["validation"]
+        label = (v.get("corpus") or {}).get("label")  # (runs from before pools: none)
+        body = (f"validation{f' ({label})' if label else ''}: average page R-prec "
+                f"{v['avg_page_rprec']:.4f}\n")
     else:
         body = (f"{summary['completed_steps']} of {summary['steps']} steps done "
                 "(rerun the same command to resume)\n")

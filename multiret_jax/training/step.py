@@ -260,8 +260,19 @@ def make_train_step(model: BiEncoder, tx: optax.GradientTransformationExtraArgs,
         raise ValueError(f"unknown per_task path {per_task!r}; known: {PER_TASK_PATHS}")
     if batching not in BATCHING_MODES:
         raise ValueError(f"unknown batching {batching!r}; known: {BATCHING_MODES}")
-    value_and_grad = make_task_loss(model, temperature, grad_cache_chunk)
+    task_loss = make_task_loss(model, temperature, grad_cache_chunk)
     union_value_and_grad = make_union_loss(model, towers, temperature, grad_cache_chunk)
+
+    def value_and_grad(params, tb, tower, rng):
+        # each task's gradient split FSDP-style as soon as it exists: the data-parallel sum
+        # becomes a reduce-scatter, and no device ever holds a whole task's gradient (let
+        # alone all K of them) before the stacked constraint below
+        out, grads = task_loss(params, tb, tower, rng)
+        if mesh is not None and state_sharding is not None:
+            grads = jax.lax.with_sharding_constraint(grads, jax.tree_util.tree_map(
+                lambda g, sh: partitioning.elementwise_sharding(g.shape, mesh, sh.spec),
+                grads, state_sharding["params"]))
+        return out, grads
 
     def per_task_grads(params, batch, rng):
         if batching == "union":

@@ -17,6 +17,7 @@ are compiled once per model and reused across validations).
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
@@ -114,6 +115,17 @@ def ranking_metrics(records: Sequence[KiltRecord], rows: np.ndarray,
             "passage_rprec": float(np.mean(pass_r)) if pass_r else None,
             "recall@5": float(np.mean(rec5)), "num_queries": len(records),
             "passage_queries": len(pass_r)}
+
+
+def dev_subset(records: Sequence[KiltRecord], max_queries: Optional[int], seed: int,
+               name: str) -> list:
+    """The records with input, or a seeded subset of ``max_queries`` of them in file order
+    (the same on every process and at every validation)."""
+    records = [r for r in records if r.input is not None]
+    if max_queries is None or len(records) <= max_queries:
+        return records
+    keep = sorted(random.Random(f"{seed}/{name}/dev").sample(range(len(records)), max_queries))
+    return [records[i] for i in keep]
 
 
 class BestCheckpoint:
