@@ -56,6 +56,7 @@ def worker(args):
              f"train.model_parallel = {args.model_parallel}"]
     if args.grad_cache_chunk:
         binds.append(f"train.grad_cache_chunk = {args.grad_cache_chunk}")
+    binds += args.gin_param
     parse_gin(["taco.gin"], binds)
     with tempfile.TemporaryDirectory() as tmp:
         s = train(model_dir=os.path.join(tmp, "run"), return_settings=True)
@@ -131,6 +132,9 @@ def main():
     p.add_argument("--layers", type=int, default=None,
                    help="encoder and decoder layers (default: T5-base's 12); a smaller "
                         "model compiles faster, and its line says so")
+    p.add_argument("--gin_param", action="append", default=[],
+                   help="an extra binding, e.g. MULTITASK_METHOD='naive' (to see what the "
+                        "TACO update itself adds)")
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -152,6 +156,7 @@ def main():
                 cmd.append(f"--layers={args.layers}")
             if args.grad_cache_chunk:
                 cmd.append(f"--grad_cache_chunk={args.grad_cache_chunk}")
+            cmd += [f"--gin_param={b}" for b in args.gin_param]
             print(f"-- compiling the T5-base TACO step: {n} device(s), {dtype} ...", flush=True)
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = [x for x in res.stdout.splitlines() if x.startswith("MEMORY_PLAN_JSON ")]

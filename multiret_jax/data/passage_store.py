@@ -13,10 +13,12 @@ arrays, and ``store.json``: the row count, the table checksum (the same sha256 a
 passages (memory O(one passage)) into temporary files and renames the directory into
 place only when everything is written, so a store is complete or absent.
 
-``open_store`` memory-maps the files and checks their sizes against ``store.json`` (and,
-with ``verify=True``, their sha256); the returned ``PassageTable``'s string columns are
-``TextColumn`` sequences that decode rows on access, so a process's memory holds only
-what it reads (the OS page cache is shared between the processes of a host).
+``open_store`` checks the files' sizes against ``store.json`` (and, with ``verify=True``,
+their sha256); the returned ``PassageTable``'s string columns are ``TextColumn``
+sequences that read rows and their offsets on access with ``os.pread`` (the spans are
+memory-mapped), so a process holds only the rows it is using: the bytes it read stay in
+the OS page cache, shared between the processes of a host, not in the process's memory
+(a memory map would count every page ever read in its resident set).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -42,20 +44,41 @@ _BLOCK = 4096  # rows decoded at a time when iterating
 
 
 class TextColumn(Sequence[str]):
-    """Strings ``i`` = ``blob[offsets[i]:offsets[i + 1]]`` decoded as UTF-8.
+    """String ``i`` = bytes ``offsets[i]:offsets[i + 1]`` of a file, decoded as UTF-8;
+    both files are read with ``os.pread``, only the rows asked for.
 
     Args:
-      blob: uint8 array (a memmap) of the strings' bytes back to back.
-      offsets: int64 [n + 1] byte offsets.
+      path: the file of the strings' bytes back to back.
+      offsets_path: its int64 little-endian offsets, ``n + 1`` of them.
+      n: the number of strings.
     """
 
     mapped = True  # ``PassageTable`` keeps it as it is (no list of every string)
 
-    def __init__(self, blob: np.ndarray, offsets: np.ndarray):
-        self.blob, self.offsets = blob, offsets
+    def __init__(self, path: str, offsets_path: str, n: int):
+        self.path, self.offsets_path, self.n = path, offsets_path, n
+        self._fds: Dict[str, int] = {}
+
+    def _read(self, path: str, lo: int, hi: int) -> bytes:
+        if hi <= lo:
+            return b""
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        data = os.pread(self._fds[path], hi - lo, lo)
+        if len(data) != hi - lo:
+            raise ValueError(f"{path}: {len(data)} of {hi - lo} bytes at {lo} (truncated?)")
+        return data
+
+    def offsets(self, start: int, stop: int) -> np.ndarray:
+        """int64 byte offsets of rows ``start .. stop`` (``stop - start + 1`` of them)."""
+        return np.frombuffer(self._read(self.offsets_path, 8 * start, 8 * (stop + 1)), "<i8")
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return self.n
 
     def __getitem__(self, i: Union[int, slice]) -> Union[str, List[str]]:
         if isinstance(i, slice):
@@ -64,9 +87,9 @@ class TextColumn(Sequence[str]):
                 return [self[j] for j in range(start, stop, step)]
             if stop <= start:
                 return []
-            lo = int(self.offsets[start])
-            raw = self.blob[lo:int(self.offsets[stop])].tobytes()
-            cuts = (self.offsets[start:stop + 1] - lo).tolist()
+            offs = self.offsets(start, stop)
+            raw = self._read(self.path, int(offs[0]), int(offs[-1]))
+            cuts = (offs - offs[0]).tolist()
             return [raw[a:b].decode("utf-8") for a, b in zip(cuts[:-1], cuts[1:])]
         n = len(self)
         i = int(i)
@@ -74,7 +97,8 @@ class TextColumn(Sequence[str]):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"row {i} outside a column of {n}")
-        return self.blob[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes().decode("utf-8")
+        lo, hi = self.offsets(i, i + 1).tolist()
+        return self._read(self.path, lo, hi).decode("utf-8")
 
     def __iter__(self) -> Iterator[str]:
         for start in range(0, len(self), _BLOCK):
@@ -158,13 +182,11 @@ def open_store(directory: str, verify: bool = False) -> PassageTable:
             raise ValueError(f"{path}: its sha256 differs from {meta_path}'s (modified)")
 
     def column(c):
-        offsets = np.memmap(os.path.join(directory, f"{c}.offsets"), "<i8", mode="r")
-        blob_path = os.path.join(directory, f"{c}.utf8")
-        blob = (np.memmap(blob_path, np.uint8, mode="r") if os.path.getsize(blob_path)
-                else np.zeros(0, np.uint8))  # (an empty file cannot be mapped)
-        if len(offsets) != n + 1 or offsets[-1] != len(blob):
+        col = TextColumn(os.path.join(directory, f"{c}.utf8"),
+                         os.path.join(directory, f"{c}.offsets"), n)
+        if int(col.offsets(n, n)[0]) != os.path.getsize(col.path):
             raise ValueError(f"{directory}: {c} offsets do not match its bytes")
-        return TextColumn(blob, offsets)
+        return col
 
     spans_path = os.path.join(directory, "spans.int32")
     spans = (np.memmap(spans_path, "<i4", mode="r", shape=(n, 4)) if n else
