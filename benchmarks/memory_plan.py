@@ -133,8 +133,8 @@ def main():
                    help="encoder and decoder layers (default: T5-base's 12); a smaller "
                         "model compiles faster, and its line says so")
     p.add_argument("--gin_param", action="append", default=[],
-                   help="an extra binding, e.g. MULTITASK_METHOD='naive' (to see what the "
-                        "TACO update itself adds)")
+                   help="an extra binding, e.g. MULTITASK_METHOD='naive' with "
+                        "MULTITASK_OPTIONS={} (to see what the TACO update itself adds)")
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

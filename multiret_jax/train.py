@@ -335,6 +335,7 @@ def prepare_data(s: Settings):
     with timed("validation pool"):
         pool = distributed.main_first("validation_pool", lambda: candidate_pool(
             table, dev, bm25, s.val_pool_size, s.val_pool_bm25_depth, s.seed))
+    bm25.release()  # saved: the end-of-run table reloads it (memory-mapped) if it needs it
     return table, data, bm25, dev, sizes, pool
 
 

@@ -53,6 +53,19 @@ def test_negatives_equal_a_fresh_index_and_are_reused(world, tmp_path, monkeypat
     assert again.computed == []
 
 
+def test_a_released_index_is_loaded_again(world, tmp_path):
+    table, examples, fresh, _ = world
+    cache = BM25Cache(str(tmp_path), table, progress=False)
+    cache.hard_negatives("nq", examples[:5], num=1)
+    built = cache.retriever
+    cache.release()
+    assert cache._retriever is None
+    queries = [e.query for e in examples[:20]]
+    got = cache.rankings("nq-dev", queries, k=10)  # loads the saved index
+    assert cache.retriever is not built
+    assert np.array_equal(got, fresh.search(queries, k=10, show_progress=False)[0])
+
+
 def test_rankings_from_the_saved_index_equal_fresh_ones(world, tmp_path):
     table, examples, fresh, _ = world
     queries = [e.query for e in examples[:50]]
