@@ -39,14 +39,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from index_memory import rss_mib  # noqa: E402
 
+from multiret_jax.training.stage_log import reset_peak_rss  # noqa: E402
+
 MIB = 2 ** 20
 KILT_PASSAGES = 36_000_000
-
-
-def reset_peak():
-    """Resets VmHWM to the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def queries_of(table, n, offset):
@@ -68,12 +64,12 @@ def worker(args):
         shutil.rmtree(cache_dir, ignore_errors=True)
     cache = BM25Cache(cache_dir, table, progress=False)  # imports bm25s (and with it JAX)
     out = {"size": len(table), "before": rss_mib("VmRSS")}
-    reset_peak()
+    reset_peak_rss()
     t = time.perf_counter()
     cache.retriever  # build + save, or load (mmap)
     out.update(index_s=time.perf_counter() - t, index_peak=rss_mib("VmHWM"),
                after_index=rss_mib("VmRSS"))
-    reset_peak()
+    reset_peak_rss()
     t = time.perf_counter()
     cache.rankings("q", queries_of(table, args.queries, 1 if args.stage == "reuse" else 0),
                    k=100)

@@ -24,6 +24,20 @@ def multiret_cache(tmp_path_factory):
         os.environ["MULTIRET_JAX_CACHE"] = old
 
 
+@pytest.fixture(scope="session")
+def small_minikilt(tmp_path_factory):
+    """(directory, passage table) of a mini-KILT at scale 0.3, seed 0, generated once per
+    session (treat it as read-only)."""
+    import os
+
+    from multiret_jax.data import kilt, minikilt
+    from multiret_jax.data.passages import PassageTable
+    d = str(tmp_path_factory.mktemp("small_minikilt"))
+    minikilt.generate(d, scale=0.3, seed=0)
+    return d, PassageTable.from_pages(kilt.iter_knowledge_source(
+        os.path.join(d, "knowledge_source.jsonl")))
+
+
 @pytest.fixture
 def clean_gin():
     """An empty gin configuration for the test, cleared again after it."""

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from multiret_jax.data import kilt, minikilt
+from multiret_jax.data import kilt
 from multiret_jax.data.bm25 import BM25Retriever
 from multiret_jax.data.bm25_cache import BM25Cache
 from multiret_jax.data.passages import PassageTable
@@ -19,11 +19,8 @@ from multiret_jax.data.provenance import training_examples
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("mk"))
-    minikilt.generate(d, scale=0.3, seed=0)
-    table = PassageTable.from_pages(kilt.iter_knowledge_source(
-        os.path.join(d, "knowledge_source.jsonl")))
+def world(small_minikilt):
+    d, table = small_minikilt
     records = kilt.read_task_file(os.path.join(d, "nq-train-kilt.jsonl"))
     examples, _ = training_examples(records, table, min_bleu=0.5, name="nq")
     fresh = BM25Retriever().index(table, show_progress=False)

@@ -10,10 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from multiret_jax.data import kilt, minikilt
+from multiret_jax.data import kilt
 from multiret_jax.data.bm25_cache import BM25Cache
 from multiret_jax.data.candidate_pool import candidate_pool, gold_page_rows, random_rows
-from multiret_jax.data.passages import PassageTable
 from multiret_jax.index.mine import exact_search
 from multiret_jax.training.validation import ranking_metrics
 
@@ -21,13 +20,10 @@ TASKS = ("nq", "fever", "aidayago2")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("mk"))
-    minikilt.generate(d, scale=0.3, seed=0)
-    table = PassageTable.from_pages(kilt.iter_knowledge_source(
-        os.path.join(d, "knowledge_source.jsonl")))
+def world(small_minikilt, tmp_path_factory):
+    d, table = small_minikilt
     dev = {t: kilt.read_task_file(os.path.join(d, f"{t}-dev-kilt.jsonl")) for t in TASKS}
-    bm25 = BM25Cache(os.path.join(d, ".bm25_cache"), table, progress=False)
+    bm25 = BM25Cache(str(tmp_path_factory.mktemp("bm25")), table, progress=False)
     return table, dev, bm25
 
 

@@ -31,9 +31,11 @@ import shutil
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from multiret_jax.checksums import file_sha256
-from multiret_jax.data.passages import Passage, PassageTable
+from multiret_jax.data.kilt import iter_knowledge_source
+from multiret_jax.data.passages import Passage, PassageTable, iter_passages
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +224,6 @@ def knowledge_source_table(source: str, mode: str = "page", words_per_passage: i
       cache_dir: default ``default_cache_dir()``.
       progress: a tqdm bar over the pages while chunking.
     """
-    from tqdm import tqdm
-
-    from multiret_jax.data.kilt import iter_knowledge_source
-    from multiret_jax.data.passages import iter_passages
-
     st = os.stat(source)
     key = {"format": FORMAT, "source": os.path.abspath(source), "bytes": st.st_size,
            "mtime_ns": st.st_mtime_ns, "mode": mode, "words": words_per_passage}
