@@ -30,7 +30,7 @@ patterns wide, so the 8th counts every pattern in it.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -58,25 +58,38 @@ def _bits(v: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(v, jnp.float32)
 
 
+def _int_bits(x: jax.Array) -> jax.Array:
+    """int32 bit patterns of float32 ``x`` (int32 ``x`` as it is)."""
+    return x if x.dtype == jnp.int32 else jax.lax.bitcast_convert_type(x, jnp.int32)
+
+
 class _Counter:
     """Reductions over the int32 bit patterns of all elements of ``[K, ...]`` leaves, per
     task (integer compares: XLA CPU flushes sub-normal floats to zero in float compares)."""
 
-    def __init__(self, leaves: Sequence[jax.Array]):
+    def __init__(self, leaves: Sequence[jax.Array], chunk: Optional[bool] = None):
         self.k = leaves[0].shape[0]
         self.n = sum(int(np.prod(x.shape[1:])) for x in leaves)
-        xs = [jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32).reshape(self.k, -1)
-              for x in leaves]
-        # On CPU each big leaf as [K, C, n/C] (+ a remainder): a reduction is then C fused
-        # elementwise steps and one row reduction, ~3.5x faster on XLA CPU than a plain
-        # row reduction. GPU/TPU reduce rows well: no slicing there.
-        chunk = jax.default_backend() == "cpu"
+        f32 = [x.astype(jnp.float32) for x in leaves]
+        # On one CPU device each big leaf as [K, C, n/C] (+ a remainder): a reduction is
+        # then C fused elementwise steps and one row reduction, ~3.5x faster on XLA CPU
+        # than a plain row reduction. GPU/TPU reduce rows well, and with several devices
+        # the leaves may be split over them (FSDP): the reshape and slices would move the
+        # data between devices and copy it (16 GiB of temporaries for a 121 MiB/device
+        # T5-base layer stack), so there each leaf is reduced in its own shape, in place,
+        # and only the [K] counts are all-reduced.
+        if chunk is None:
+            chunk = jax.default_backend() == "cpu" and jax.device_count() == 1
         self.small, self.chunked, self.rest = [], [], []
-        for x in xs:
-            if x.shape[1] < _CHUNK_MIN:
-                self.small.append(x)
+        for x in f32:
+            if int(np.prod(x.shape[1:])) < _CHUNK_MIN:
+                self.small.append(_int_bits(x).reshape(self.k, -1))
                 continue
-            m = x.shape[1] - x.shape[1] % _CHUNKS if chunk else 0
+            if not chunk:  # float32 as it is: the bit cast is fused into each reduction
+                self.rest.append(x)
+                continue
+            x = _int_bits(x).reshape(self.k, -1)
+            m = x.shape[1] - x.shape[1] % _CHUNKS
             if m:
                 self.chunked.append(x[:, :m].reshape(self.k, _CHUNKS, m // _CHUNKS))
             if m < x.shape[1]:
@@ -85,11 +98,20 @@ class _Counter:
     def _reduce(self, elem, combine, row, init, big_only=False):
         total = init
         for x in (self.rest if big_only else self.small + self.rest):
-            total = combine(total, row(elem(x)))
+            total = combine(total, row(elem(_int_bits(x))))
         for x in self.chunked:
             acc = functools.reduce(combine, [elem(x[:, i]) for i in range(_CHUNKS)])
             total = combine(total, row(acc))
         return total
+
+    @staticmethod
+    def _col(v, x):
+        """v [K] shaped to broadcast against x [K, ...]."""
+        return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+    @staticmethod
+    def _rows(a):
+        return tuple(range(1, a.ndim))
 
     def count_le_many(self, t: jax.Array) -> jax.Array:
         """int32 [K, J]: elements with bit pattern <= t[k, j] (t: int32 [K, J]).
@@ -100,29 +122,36 @@ class _Counter:
         total = jnp.zeros(t.shape, jnp.int32)
         for x in self.small:
             total = total + jnp.sum((x[:, :, None] <= t[:, None, :]).astype(jnp.int32), axis=1)
-        if self.chunked or self.rest:
-            total = total + jnp.stack([self.count_le(t[:, j], big_only=True)
-                                       for j in range(t.shape[1])], axis=1)
-        return total
+        if not (self.chunked or self.rest):
+            return total
+        if jax.default_backend() == "cpu":
+            # one count after the other: XLA CPU materialises each comparison in full
+            # before reducing it, and J of them side by side would hold J copies of the
+            # data (15 x 94 MiB for one [8, 4016, 768] leaf); one at a time, one copy
+            count = lambda tj: self.count_le(tj, big_only=True)
+            return total + jax.lax.map(count, t.T).T
+        return total + jnp.stack([self.count_le(t[:, j], big_only=True)
+                                  for j in range(t.shape[1])], axis=1)
 
     def count_le(self, v: jax.Array, big_only: bool = False) -> jax.Array:
         """int32 [K]: elements with bit pattern <= v[k] (v: int32 [K])."""
-        v = v[:, None]
-        return self._reduce(lambda x: (x <= v).astype(jnp.int32), jnp.add,
-                            lambda a: jnp.sum(a, axis=1), jnp.zeros((self.k,), jnp.int32),
-                            big_only)
+        c = self._col
+        return self._reduce(lambda x: (x <= c(v, x)).astype(jnp.int32), jnp.add,
+                            lambda a: jnp.sum(a, axis=self._rows(a)),
+                            jnp.zeros((self.k,), jnp.int32), big_only)
 
     def max_le(self, v: jax.Array) -> jax.Array:
         """int32 [K]: the largest bit pattern <= v[k] (-1 where none)."""
-        v = v[:, None]
-        return self._reduce(lambda x: jnp.where(x <= v, x, -1), jnp.maximum,
-                            lambda a: jnp.max(a, axis=1), jnp.full((self.k,), -1, jnp.int32))
+        c = self._col
+        return self._reduce(lambda x: jnp.where(x <= c(v, x), x, -1), jnp.maximum,
+                            lambda a: jnp.max(a, axis=self._rows(a)),
+                            jnp.full((self.k,), -1, jnp.int32))
 
     def min_gt(self, v: jax.Array) -> jax.Array:
         """int32 [K]: the smallest bit pattern > v[k] (+inf's where none)."""
-        v = v[:, None]
-        return self._reduce(lambda x: jnp.where(x > v, x, INF_BITS), jnp.minimum,
-                            lambda a: jnp.min(a, axis=1),
+        c = self._col
+        return self._reduce(lambda x: jnp.where(x > c(v, x), x, INF_BITS), jnp.minimum,
+                            lambda a: jnp.min(a, axis=self._rows(a)),
                             jnp.full((self.k,), INF_BITS, jnp.int32))
 
 
