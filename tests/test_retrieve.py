@@ -49,7 +49,12 @@ pytestmark = pytest.mark.usefixtures("clean_gin")
 def setup(tmp_path_factory):
     """A run directory as train.py leaves it (config.gin, final_params.safetensors,
     tokenizer/) for a tiny random BERT, and a mini-KILT of 178 passages."""
-    root = tmp_path_factory.mktemp("retrieve")
+    return make_run(tmp_path_factory.mktemp("retrieve"))
+
+
+def make_run(root):
+    """``setup``'s (root, mini-KILT directory, run directory, passage table) in ``root``
+    (also the retrieval service's tests' run)."""
     data = root / "minikilt"
     minikilt.generate(str(data), scale=0.05, seed=0)
     table = PassageTable.from_pages(kilt.iter_knowledge_source(data / "knowledge_source.jsonl"))

@@ -183,3 +183,45 @@ def corpus_index(run: Any, table: PassageTable, emb_dir: str, index_dir: str,
     key = _build_key(spec, index.dim, identity, train_size, seed)
     write_json(os.path.join(index_dir, BUILD_FILE), {**key, "emb_dir": os.path.abspath(emb_dir)})
     return index, {"index": "built", "encoded": list(encoded), "reused": list(reused), **key}
+
+
+def open_saved_index(run: Any, table: PassageTable, index_dir: str,
+                     **params) -> Tuple[DenseIndex, Dict[str, Any]]:
+    """The run's saved index of ``table`` in ``index_dir``, read only (nothing is written
+    there), every checksum verified: ``build.json``'s embedding identity (model
+    fingerprint, tokenizer, passage length, table checksum and size) against the run and
+    table, and the saved ``DenseIndex``'s files (``index.faiss`` and ``ids.npy`` against
+    the sha256 in ``meta.json``, the passage checksum against the table).
+
+    Args:
+      run: a ``run_dir.TrainedRun``; table: its passage table; index_dir: what
+        ``corpus_index`` (``retrieve.py``) saved.
+      **params: search parameters (nprobe, efSearch).
+    Returns:
+      (index, build): the index and its ``build.json``.
+    Raises:
+      FileNotFoundError: no index there (the message says how to build one).
+      ValueError: naming the file that is damaged, or made for another run or table.
+    """
+    path = os.path.join(index_dir, BUILD_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (not an index saved by retrieve / "
+                                "corpus_index); build one with python -m multiret_jax.retrieve "
+                                f"--model_dir=... --out_dir=... --index_dir={index_dir}")
+    with open(path) as f:
+        try:
+            built = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    want = _identity(run, table)
+    diff = [k for k in EMB_KEYS if built.get(k) != want[k]]
+    if diff:
+        raise ValueError(f"{path}: an index of other embeddings ({diff[0]}: "
+                         f"{built.get(diff[0])!r} there, {want[diff[0]]!r} for this run and "
+                         "passage table)")
+    index = DenseIndex.load(index_dir, expected_checksum=table.checksum, verify_files=True,
+                            **params)
+    if index.spec != built.get("spec") or index.dim != built.get("dim"):
+        raise ValueError(f"{path}: spec {built.get('spec')!r} / dim {built.get('dim')} but "
+                         f"the index is {index.spec!r} / {index.dim}")
+    return index, built

@@ -41,14 +41,19 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import json
+import logging
+import math
 import os
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import faiss
 import numpy as np
 from tqdm import tqdm
+
+from multiret_jax.checksums import file_sha256
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.npy", "meta.json"
 FORMAT = "multiret_jax.faiss_index/1"
@@ -213,22 +218,26 @@ class DenseIndex:
         meta = dict(format=FORMAT, spec=self.spec, dim=self.dim, ntotal=self.ntotal,
                     metric="inner_product", ip_to_l2=self.ip_to_l2, max_norm=self.max_norm,
                     row_offset=self.row_offset, passage_checksum=self.passage_checksum,
-                    ids_sha256=_ids_digest(np.asarray(self.ids)), faiss_version=faiss.__version__)
+                    ids_sha256=_ids_digest(np.asarray(self.ids)), faiss_version=faiss.__version__,
+                    index_sha256=file_sha256(os.path.join(directory, INDEX_FILE)))
         with open(os.path.join(directory, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
 
     @classmethod
     def load(cls, directory: str, expected_checksum: Optional[str] = None,
-             mmap_ids: bool = True, **params) -> "DenseIndex":
+             mmap_ids: bool = True, verify_files: bool = False, **params) -> "DenseIndex":
         """Loads a saved index and checks it against its ids and meta.
 
         Args:
           directory: what ``save`` wrote; expected_checksum: if given, must equal the
           passage checksum recorded at build; mmap_ids: memory-map ``ids.npy``;
+          verify_files: also check ``index.faiss`` against the sha256 that ``save``
+          recorded (a full read of the file; indexes saved before it was recorded are
+          checked without it, with a warning);
           **params: search parameters for ``set_params`` (nprobe, efSearch, ...).
         Raises:
           FileNotFoundError / ValueError naming the missing or mismatching file (ids count
-          != ntotal, ids digest, meta, passage checksum).
+          != ntotal, ids digest, index sha256, meta, passage checksum).
         """
         paths = {n: os.path.join(directory, n) for n in (INDEX_FILE, IDS_FILE, META_FILE)}
         for p in paths.values():
@@ -238,6 +247,12 @@ class DenseIndex:
             meta = json.load(f)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{paths[META_FILE]}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if verify_files and "index_sha256" not in meta:
+            log.warning("%s: no sha256 of %s recorded (saved by an older version); checking "
+                        "its ids and meta only", paths[META_FILE], INDEX_FILE)
+        elif verify_files and file_sha256(paths[INDEX_FILE]) != meta["index_sha256"]:
+            raise ValueError(f"{paths[INDEX_FILE]}: damaged or modified (sha256 differs from "
+                             f"{paths[META_FILE]}); rebuild the index")
         index = faiss.read_index(paths[INDEX_FILE])
         try:
             ids = np.load(paths[IDS_FILE], mmap_mode="r" if mmap_ids else None, allow_pickle=False)
