@@ -17,8 +17,7 @@ import pytest
 from multiret_jax.models.checkpoints import CheckpointError
 from multiret_jax.models.t5 import (ST5EncDec, T5Config, T5EncoderModule, relative_position_bucket,
                                     t5_base, t5_tiny)
-from multiret_jax.models.t5_hf import (export_t5, load_t5, load_t5x_checkpoint, params_from_hf,
-                                       params_to_hf)
+from multiret_jax.models.t5_hf import export_t5, load_t5, params_from_hf, params_to_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -245,61 +244,3 @@ def test_params_logically_partitioned_and_presets():
         np.testing.assert_array_equal(np.asarray(x), y)
 
 
-def _to_t5x_target(params: Dict[str, Any], config: T5Config) -> Dict[str, Any]:
-    """Our params in T5X layout: 2-D attention kernels, one [heads, buckets] table per stack."""
-    tree = jax.tree_util.tree_map(np.asarray, params["params"])
-    for stack in ("encoder", "decoder"):
-        layers = tree[stack]
-        layers["relpos_bias"] = {"rel_embedding": layers["layers_0"].pop("relpos_bias")["rel_embedding"].T}
-        for layer in layers.values():
-            for attn in ("attention", "self_attention", "encoder_decoder_attention"):
-                for k, v in layer.get(attn, {}).items():
-                    shape = (config.d_model, -1) if k != "out" else (-1, config.d_model)
-                    v["kernel"] = v["kernel"].reshape(shape)
-    tree["decoder"]["logits_dense"] = {"kernel": np.ones((config.d_model, config.vocab_size), np.float32)}
-    return tree
-
-
-@pytest.mark.parametrize("fmt", ["legacy", "orbax"])
-def test_load_t5x_checkpoint(tmp_path, fmt):
-    import ml_dtypes
-    config = T5Config(**SMALL, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
-    params = _random_params(config, seed=3)
-    params["params"]["token_embedder"]["embedding"] = np.asarray(  # T5X checkpoints are often bf16
-        params["params"]["token_embedder"]["embedding"].astype(ml_dtypes.bfloat16), np.float32)
-    target = _to_t5x_target(params, config)
-    ckpt = tmp_path / "checkpoint_7"
-    if fmt == "orbax":
-        import orbax.checkpoint as ocp
-        ocp.PyTreeCheckpointer().save(str(ckpt), {"target": target, "state": {"step": np.int32(7)}})
-    else:  # msgpack index; arrays > 64 elements as relative TensorStore zarr specs
-        import tensorstore as ts
-        from flax import serialization
-
-        def store(path: Tuple[Any, ...], arr: np.ndarray) -> Any:
-            if arr.size <= 64:
-                return arr
-            name = ".".join(["target"] + [p.key for p in path])
-            bf16 = name.endswith("embedding")
-            spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": name},
-                    "dtype": "bfloat16" if bf16 else "float32",
-                    "metadata": {"shape": list(arr.shape), "chunks": list(arr.shape)}}
-            full = dict(spec, kvstore={"driver": "file", "path": str(ckpt / name)})
-            data = arr.astype(ml_dtypes.bfloat16) if bf16 else arr
-            ts.open(full, create=True).result().write(data).result()
-            return spec
-        index = {"optimizer": {"target": jax.tree_util.tree_map_with_path(store, target),
-                               "state": {"step": np.int32(7)}}, "version": 3}
-        ckpt.mkdir(parents=True, exist_ok=True)
-        (ckpt / "checkpoint").write_bytes(serialization.msgpack_serialize(index))
-    loaded_config, loaded = load_t5x_checkpoint(str(ckpt), relative_attention_max_distance=20,
-                                                dropout_rate=0.0)
-    assert loaded_config == config
-    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
-    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
-        np.testing.assert_array_equal(a, b)
-    wi_0 = r"target/encoder/layers_0/mlp/wi_0/kernel.*\(64, 128\).*\(64, 100\)"
-    with pytest.raises(CheckpointError, match=wi_0):
-        load_t5x_checkpoint(str(ckpt), config=config, d_ff=100)
-    with pytest.raises(CheckpointError, match="not a T5X checkpoint"):
-        load_t5x_checkpoint(str(tmp_path))

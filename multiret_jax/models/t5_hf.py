@@ -1,22 +1,18 @@
-"""HF T5 checkpoints (v1.0 and v1.1 names) <-> the Flax params of :mod:`.t5`; T5X import.
+"""HF T5 checkpoints (v1.0 and v1.1 names) <-> the Flax params of :mod:`.t5`.
 
 Accepts ``T5Model``, ``T5ForConditionalGeneration`` and ``T5EncoderModel`` directories
 (``lm_head.weight`` is ignored: ST5 never uses the LM head). torch ``nn.Linear`` weights
 are ``[out, in]``; our kernels are ``[in, out]`` with the head axes split out
-(q/k/v ``[D, H, Dkv]``, o ``[H, Dkv, D]``). :func:`load_t5x_checkpoint` reads a T5X
-``checkpoint_N`` directory (legacy msgpack + TensorStore, or orbax) with t5x names.
+(q/k/v ``[D, H, Dkv]``, o ``[H, Dkv, D]``). T5X checkpoints: :mod:`.t5x_checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import warnings
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import flax.linen as nn
 import numpy as np
-from flax import traverse_util
 
 from .checkpoints import (CheckpointError, StateDict, check_architecture, read_config,
                           read_state_dict, take, write_hf_dir)
@@ -36,7 +32,7 @@ def _attention(hf: str, ours: Path, cfg: T5Config) -> Iterator[Entry]:
     yield f"{hf}.o.weight", ours + ("out", "kernel"), (cfg.d_model, inner), "o"
 
 
-def _entries(cfg: T5Config, stack: str) -> Iterator[Entry]:
+def hf_entries(cfg: T5Config, stack: str) -> Iterator[Entry]:
     """Every HF tensor of one stack ("encoder" or "decoder") and where it goes."""
     dec = stack == "decoder"
     n = cfg.num_decoder_layers if dec else cfg.num_layers
@@ -71,7 +67,7 @@ def _to_ours(arr: np.ndarray, kind: str, cfg: T5Config) -> np.ndarray:
     return arr.T if kind == "T" else arr
 
 
-def _set(tree: Dict[str, Any], path: Path, value: np.ndarray) -> None:
+def set_path(tree: Dict[str, Any], path: Path, value: np.ndarray) -> None:
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
     tree[path[-1]] = value
@@ -112,12 +108,12 @@ def params_from_hf(state: StateDict, config: T5Config, directory: str = "") -> D
     state = _strip_prefix(state)
     emb = "shared.weight" if "shared.weight" in state else "encoder.embed_tokens.weight"
     tree: Dict[str, Any] = {}
-    _set(tree, ("token_embedder", "embedding"),
+    set_path(tree, ("token_embedder", "embedding"),
          take(state, emb, (config.vocab_size, config.d_model), directory).astype(np.float32))
     used = {emb}
     for stack in ("encoder", "decoder") if has_decoder(state) else ("encoder",):
-        for hf, path, shape, kind in _entries(config, stack):
-            _set(tree, path, _to_ours(take(state, hf, shape, directory).astype(np.float32), kind, config))
+        for hf, path, shape, kind in hf_entries(config, stack):
+            set_path(tree, path, _to_ours(take(state, hf, shape, directory).astype(np.float32), kind, config))
             used.add(hf)
     unused = sorted(k for k in state if k not in used and k not in IGNORED)
     if unused:
@@ -139,7 +135,7 @@ def params_to_hf(params: Dict[str, Any], config: T5Config) -> StateDict:
     tree = tree.get("params", tree)
     out: StateDict = {"shared.weight": _get(tree, ("token_embedder", "embedding"))}
     for stack in ("encoder", "decoder") if "decoder" in tree else ("encoder",):
-        for hf, path, shape, kind in _entries(config, stack):
+        for hf, path, shape, kind in hf_entries(config, stack):
             arr = _get(tree, path)
             if kind == "qkv":
                 arr = arr.reshape(config.d_model, -1)
@@ -191,110 +187,3 @@ def export_t5(params: Dict[str, Any], config: T5Config, directory: str) -> None:
     state = params_to_hf(params, config)
     arch = "T5Model" if any(k.startswith("decoder.") for k in state) else "T5EncoderModel"
     write_hf_dir(directory, state, config.to_hf_dict(arch))
-
-
-def _t5x_entries(cfg: T5Config, stack: str) -> Iterator[Entry]:
-    """T5X names (``target/...``; q/k/v/o kernels stored 2-D) of one stack and where they go."""
-    inner = cfg.num_heads * cfg.d_kv
-    for _, path, shape, kind in _entries(cfg, stack):
-        name = "target/" + "/".join(path)
-        if path[-1] == "rel_embedding":  # one table per stack in T5X, [heads, buckets]
-            yield f"target/{stack}/relpos_bias/rel_embedding", path, shape[::-1], "T"
-        elif kind in ("qkv", "o"):
-            yield name, path, (cfg.d_model, inner) if kind == "qkv" else (inner, cfg.d_model), kind
-        else:  # mlp kernels are already [in, out]; norms as they are
-            yield name, path, shape[::-1] if kind == "T" else shape, "id"
-
-
-def _read_t5x_tree(path: str) -> Dict[str, Any]:
-    """The nested ``target`` dict of a T5X checkpoint directory, as numpy arrays."""
-    index, tree = os.path.join(path, "checkpoint"), None
-    if os.path.isfile(index) and not os.path.isfile(os.path.join(path, "_METADATA")):
-        import tensorstore as ts  # legacy T5X: msgpack index, big arrays as TensorStore zarr specs
-        from flax import serialization
-        with open(index, "rb") as f:
-            tree = serialization.msgpack_restore(f.read())
-
-        def read(x: Any) -> Any:
-            if isinstance(x, dict) and {"driver", "kvstore"} <= set(x):
-                rel = x["kvstore"].get("path", x.get("path", ""))  # relative to the step dir
-                spec = dict(x, kvstore={"driver": "file", "path": os.path.join(path, rel)})
-                return np.asarray(ts.open(spec).result().read().result())
-            if isinstance(x, str):  # an (old) orbax placeholder, not a T5X array
-                raise TypeError(x)
-            return {k: read(v) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)
-        try:
-            tree = read(tree)
-        except TypeError:
-            tree = None
-    if (tree is None and os.path.isfile(index)) or os.path.isfile(os.path.join(path, "_METADATA")):
-        import orbax.checkpoint as ocp  # an orbax PyTree checkpoint
-        tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
-    if tree is None:
-        raise CheckpointError(f"{path}: not a T5X checkpoint directory (no 'checkpoint' msgpack "
-                              "index and no orbax '_METADATA')")
-    tree = tree.get("optimizer", tree)
-    if "target" not in tree:
-        raise CheckpointError(f"{path}: T5X checkpoint without a 'target' tree (keys {sorted(tree)})")
-    return tree["target"]
-
-
-def _infer_t5x_config(target: Dict[str, Any], path: str, **overrides: Any) -> T5Config:
-    """T5Config from the shapes of a T5X ``target`` tree (max_distance/eps: T5 defaults)."""
-    try:
-        enc, dec = target["encoder"], target.get("decoder", {})
-        heads, buckets = np.shape(enc["relpos_bias"]["rel_embedding"])
-        mlp = enc["layers_0"]["mlp"]
-        kw: Dict[str, Any] = dict(
-            vocab_size=np.shape(target["token_embedder"]["embedding"])[0],
-            d_model=np.shape(target["token_embedder"]["embedding"])[1], num_heads=heads,
-            relative_attention_num_buckets=buckets, d_ff=np.shape(mlp["wo"]["kernel"])[0],
-            d_kv=int(np.prod(np.shape(enc["layers_0"]["attention"]["query"]["kernel"])[1:])) // heads,
-            feed_forward_proj="gated-gelu" if "wi_0" in mlp else "relu",
-            num_layers=sum(k.startswith("layers_") for k in enc),
-            num_decoder_layers=sum(k.startswith("layers_") for k in dec) or None)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot infer a T5 config from the T5X target tree ({e!r}); "
-                              "pass config=") from None
-    kw = {k: v if v is None or isinstance(v, str) else int(v) for k, v in kw.items()}
-    return T5Config(**{**kw, "tie_word_embeddings": "logits_dense" not in dec, **overrides})
-
-
-def load_t5x_checkpoint(path: str, config: Optional[T5Config] = None, pooling: str = "encdec",
-                        **overrides: Any) -> Tuple[T5Config, Dict[str, Any]]:
-    """Config and Flax params of a T5X checkpoint (``.../checkpoint_1000000``).
-
-    Args:
-      path: a T5X step directory: legacy (``checkpoint`` msgpack whose large arrays are
-        TensorStore zarr specs relative to ``path``) or orbax (``_METADATA``); parameters
-        under ``target`` with t5x names (``target/encoder/layers_0/attention/query/kernel``
-        ``[D, H*Dkv]``, ``target/encoder/relpos_bias/rel_embedding`` ``[H, buckets]`` ...).
-      config: the architecture; default: inferred from the shapes (T5X directories carry
-        no config; ``relative_attention_max_distance`` then defaults to 128).
-      pooling: "encdec" needs decoder weights.
-      **overrides: config fields to replace.
-    Returns:
-      ``(config, {"params": tree})``.
-    Raises:
-      CheckpointError: not a T5X directory, a missing tensor or a shape mismatch.
-    """
-    target = _read_t5x_tree(path)
-    config = (_infer_t5x_config(target, path, **overrides) if config is None
-              else dataclasses.replace(config, **overrides))
-    if pooling == "encdec" and "decoder" not in target:
-        raise CheckpointError(f"{path}: encoder-only T5X checkpoint; ST5-EncDec pooling 'encdec' "
-                              "needs the decoder (use pooling='mean')")
-    flat: StateDict = {"target/" + "/".join(k): np.asarray(v)
-                       for k, v in traverse_util.flatten_dict(target).items()}
-    tree: Dict[str, Any] = {}
-    emb = take(flat, "target/token_embedder/embedding", (config.vocab_size, config.d_model), path)
-    _set(tree, ("token_embedder", "embedding"), emb.astype(np.float32))
-    for stack in ("encoder", "decoder") if "decoder" in target else ("encoder",):
-        for name, p, shape, kind in _t5x_entries(config, stack):
-            arr = take(flat, name, shape, path).astype(np.float32)
-            if kind == "qkv":
-                arr = arr.reshape(config.d_model, config.num_heads, config.d_kv)
-            elif kind == "o":
-                arr = arr.reshape(config.num_heads, config.d_kv, config.d_model)
-            _set(tree, p, arr.T if kind == "T" else arr)
-    return config, {"params": tree}
