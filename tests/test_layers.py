@@ -11,7 +11,7 @@ so does a module named by a string (``importlib.import_module("multiret_jax.trai
     layer 3  index/, training/ losses, gradcache, checkpointing, scalars, distributed
     layer 4  training/ step, validation, ance; train (the loop, ``python -m multiret_jax.train``)
     layer 5  evaluate, retrieve, experiments/ (compare, plots, zero_few_shot), reproduce,
-             serve/
+             serve/, export/
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ LAYERS: Dict[str, int] = {
     f"{PACKAGE}.training.step": 4, f"{PACKAGE}.training.validation": 4,
     f"{PACKAGE}.training.ance": 4, f"{PACKAGE}.training.report": 4, f"{PACKAGE}.train": 4,
     f"{PACKAGE}.evaluate": 5, f"{PACKAGE}.retrieve": 5, f"{PACKAGE}.experiments": 5,
-    f"{PACKAGE}.reproduce": 5, f"{PACKAGE}.serve": 5,
+    f"{PACKAGE}.reproduce": 5, f"{PACKAGE}.serve": 5, f"{PACKAGE}.export": 5,
 }
 
 # The upward references that remain, each with its reason; the test fails when one is
@@ -59,7 +59,7 @@ LIBRARIES = ("data", "models", "multitask", "index")
 ABOVE_LIBRARIES = (f"{PACKAGE}.train", f"{PACKAGE}.training.step",
                    f"{PACKAGE}.training.validation", f"{PACKAGE}.training.ance",
                    f"{PACKAGE}.experiments", f"{PACKAGE}.evaluate", f"{PACKAGE}.retrieve",
-                   f"{PACKAGE}.reproduce", f"{PACKAGE}.serve")
+                   f"{PACKAGE}.reproduce", f"{PACKAGE}.serve", f"{PACKAGE}.export")
 
 
 def _module_name(path: Path) -> str:
