@@ -84,6 +84,8 @@ def test_taco_plan_is_the_papers(tmp_path):
     assert plan["query_format"] == {"marker": "prefix", "marker_format": "sentinel",
                                     "marker_in_query_len": False}
     assert "multitask taco" in printed and "structured_zeroshot" in printed
+    # what fits T5-base in 16 GiB per device (benchmarks/memory_plan.py), shown by the plan
+    assert plan["grad_cache_chunk"] == 8 and "encoders run 8 rows at a time" in printed
 
 
 def test_mtdpr_plan_is_union_128(tmp_path):

@@ -174,6 +174,7 @@ def make_plan(s: Any, sizes: Mapping[str, int], marker_tokens: Mapping[str, int]
                       "options": opts},
         "burn_in_steps": burn_in if method == "taco" or "burn_in_steps" in opts else 0,
         "num_negatives": s.num_negatives,
+        "grad_cache_chunk": getattr(s, "grad_cache_chunk", None),
         "ance_tasks": list(s.ance_tasks) if s.ance_tasks else "all",
         "query_format": {"marker": fmt.marker, "marker_format": fmt.marker_format,
                          "marker_in_query_len": fmt.marker_in_len},
@@ -325,6 +326,9 @@ def format_plan(plan: Dict[str, Any]) -> str:
                  f"; burn-in {plan['burn_in_steps']} steps; "
                  f"{plan['num_negatives']} hard negatives per query; "
                  f"{plan['total_steps']} steps in all")
+    chunk = plan.get("grad_cache_chunk")
+    lines.append("gradients: " + (f"gradient cache, encoders run {chunk} rows at a time"
+                                  if chunk else "plain backprop (no gradient cache)"))
     return "\n".join(lines)
 
 
