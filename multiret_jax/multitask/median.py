@@ -118,12 +118,14 @@ class _Counter:
 
         A small leaf counts all J candidates in one reduction (one fusion to compile); a
         big one has a reduction per candidate, which GPU/TPU fuse into one read and which
-        XLA CPU runs fastest (see ``_CHUNKS``)."""
+        XLA CPU runs one after the other (below)."""
         total = jnp.zeros(t.shape, jnp.int32)
         for x in self.small:
             total = total + jnp.sum((x[:, :, None] <= t[:, None, :]).astype(jnp.int32), axis=1)
         if not (self.chunked or self.rest):
             return total
+        if t.shape[1] == 1:
+            return total + self.count_le(t[:, 0], big_only=True)[:, None]
         if jax.default_backend() == "cpu":
             # one count after the other: XLA CPU materialises each comparison in full
             # before reducing it, and J of them side by side would hold J copies of the
