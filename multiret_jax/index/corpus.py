@@ -54,6 +54,11 @@ def needs_training(spec: str, dim: int) -> bool:
         raise ValueError(f"bad FAISS index spec {spec!r} for dimension {dim}: {e}") from None
 
 
+def _differing(recorded: Dict[str, Any], identity: Dict[str, Any]):
+    """The embedding-identity keys whose recorded value differs from ``identity``'s."""
+    return [k for k in EMB_KEYS if recorded.get(k) != identity[k]]
+
+
 def _identity(run: Any, table: PassageTable) -> Dict[str, Any]:
     return {"model_fingerprint": run.fingerprint,
             "tokenizer_sha256": tokenizer_fingerprint(run.tokenizer),
@@ -123,7 +128,7 @@ def _jobs_output(emb_dir: str, identity: Dict[str, Any],
     if not found or found[0][1].get("num_shards", 1) == 1:
         return None
     combined = read_manifests(emb_dir)  # every job there and finished, or a clear error
-    diff = [k for k in EMB_KEYS if combined.get(k) != identity[k]]
+    diff = _differing(combined, identity)
     if diff and not overwrite:
         raise ValueError(f"{emb_dir}: embeddings of {combined['num_shards']} encoding jobs made "
                          f"otherwise ({diff[0]}: {combined.get(diff[0])!r} there, "
@@ -214,7 +219,7 @@ def open_saved_index(run: Any, table: PassageTable, index_dir: str,
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
     want = _identity(run, table)
-    diff = [k for k in EMB_KEYS if built.get(k) != want[k]]
+    diff = _differing(built, want)
     if diff:
         raise ValueError(f"{path}: an index of other embeddings ({diff[0]}: "
                          f"{built.get(diff[0])!r} there, {want[diff[0]]!r} for this run and "

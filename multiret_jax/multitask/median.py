@@ -30,7 +30,7 @@ patterns wide, so the 8th counts every pattern in it.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,7 @@ class _Counter:
     """Reductions over the int32 bit patterns of all elements of ``[K, ...]`` leaves, per
     task (integer compares: XLA CPU flushes sub-normal floats to zero in float compares)."""
 
-    def __init__(self, leaves: Sequence[jax.Array], chunk: Optional[bool] = None):
+    def __init__(self, leaves: Sequence[jax.Array]):
         self.k = leaves[0].shape[0]
         self.n = sum(int(np.prod(x.shape[1:])) for x in leaves)
         f32 = [x.astype(jnp.float32) for x in leaves]
@@ -78,8 +78,7 @@ class _Counter:
         # data between devices and copy it (16 GiB of temporaries for a 121 MiB/device
         # T5-base layer stack), so there each leaf is reduced in its own shape, in place,
         # and only the [K] counts are all-reduced.
-        if chunk is None:
-            chunk = jax.default_backend() == "cpu" and jax.device_count() == 1
+        chunk = jax.default_backend() == "cpu" and jax.device_count() == 1
         self.small, self.chunked, self.rest = [], [], []
         for x in f32:
             if int(np.prod(x.shape[1:])) < _CHUNK_MIN:
