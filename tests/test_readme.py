@@ -4,7 +4,8 @@
   checks the main job's table with ``.ci/check_main_job.py``.
 - The slow test runs the main command string for string with ``bash -c`` in a fresh copy
   of the repository (relative paths, its own venv), then again (a rerun of the finished
-  run), and checks the table and that the rerun kept every result file.
+  run), and checks the table and that the rerun kept every result file; then the
+  README's "Use a trained retriever elsewhere" examples on that run, string for string.
 - The default suite runs a short training with relative paths from another working
   directory (orbax needs absolute paths: they are made absolute at the command line), and
   its rerun.
@@ -99,6 +100,80 @@ def test_main_command_verbatim_in_a_fresh_copy_and_its_rerun(tmp_path):
     second = run()
     assert checker.main([str(model_dir), f"--same_as={record}"]) == 0
     assert "trained (" in second  # the rerun prints the same table
+    check_use_elsewhere(repo, env)
+
+
+def elsewhere_commands():
+    """The command lines of the README's "Use a trained retriever elsewhere" examples."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Use a trained retriever elsewhere", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    return [line for b in blocks[:2] for line in b.strip().splitlines()]
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def check_use_elsewhere(repo: Path, env: dict) -> None:
+    """Runs the README's export / retrieve / serve examples string for string in ``repo``
+    (after its main job, in its venv) and checks what they give: the index, the export
+    loaded by sentence-transformers, and the service's answer against retrieve's run file."""
+    import time
+    import urllib.request
+    retrieve, export, st_check, serve, curl = elsewhere_commands()
+    port = int(re.search(r"--port=(\d+)", serve).group(1))
+    if _port_taken(port):
+        pytest.skip(f"port {port}, which the README's serve command uses, is taken")
+
+    def sh(line: str, **kw):
+        return subprocess.run(["bash", "-c", ". .venv/bin/activate && " + line], cwd=repo,
+                              env=env, capture_output=True, text=True, **kw)
+
+    for line in (retrieve, export):
+        out = sh(line, timeout=1800)
+        assert out.returncode == 0, line + "\n" + out.stdout[-2000:] + out.stderr[-3000:]
+    out = sh(st_check, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "(1, 384)"  # one query, MiniLM's width
+    log_path = repo / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(["bash", "-c", ". .venv/bin/activate && exec " + serve],
+                                  cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 900
+        while True:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "serve did not answer /health in 15 min"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(2)
+        out = subprocess.run(["bash", "-c", curl], cwd=repo, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        hits = json.loads(out.stdout)["results"]
+        query = json.loads(re.search(r"-d '(.*)'", curl).group(1))
+        assert len(hits) == 1 and len(hits[0]) == query["k"]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    # the same passages, in the same order and with the same scores, as retrieve's run file
+    out_dir = repo / re.search(r"--out_dir=(\S+)", retrieve).group(1)
+    dev = (repo / "multiret_jax/embedded/realmini" / f"{query['task']}-dev-kilt.jsonl")
+    qid = next(r["id"] for r in map(json.loads, dev.read_text().splitlines())
+               if r["input"] == query["queries"][0])
+    ranked = [line.split() for line in
+              (out_dir / "trec" / f"{query['task']}-dev.trec").read_text().splitlines()
+              if line.split()[0] == qid][:query["k"]]
+    assert [h["passage_id"] for h in hits[0]] == [r[2] for r in ranked]
+    assert [h["score"] for h in hits[0]] == pytest.approx([float(r[4]) for r in ranked],
+                                                          abs=1e-4)
+    assert all(h["text"] and h["title"] for h in hits[0])
 
 
 def _train(cwd: Path, *args: str):
