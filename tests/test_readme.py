@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -140,8 +141,9 @@ def check_use_elsewhere(repo: Path, env: dict) -> None:
     assert out.stdout.strip().splitlines()[-1] == "(1, 384)"  # one query, MiniLM's width
     log_path = repo / "serve.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen(["bash", "-c", ". .venv/bin/activate && exec " + serve],
-                                  cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(["bash", "-c", ". .venv/bin/activate && " + serve],
+                                  cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
         deadline = time.time() + 900
         while True:
@@ -160,7 +162,7 @@ def check_use_elsewhere(repo: Path, env: dict) -> None:
         query = json.loads(re.search(r"-d '(.*)'", curl).group(1))
         assert len(hits) == 1 and len(hits[0]) == query["k"]
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # bash and the server it started
         server.wait(timeout=60)
     # the same passages, in the same order and with the same scores, as retrieve's run file
     out_dir = repo / re.search(r"--out_dir=(\S+)", retrieve).group(1)
