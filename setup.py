@@ -25,7 +25,9 @@ EXTRAS = {
     # torch is a test-only numerical oracle; pin the CPU wheel exactly (a plain "torch"
     # pulls a multi-GB CUDA build).
     "test": ["pytest>=8", "torch==2.13.0", "transformers==5.23.0", "nbclient==0.10.2",
-             "ipykernel==6.29.5", "nbformat==5.10.4", "httpx==0.28.1"],
+             "ipykernel==6.29.5", "nbformat==5.10.4", "httpx==0.28.1",
+             # the search page's test drives Debian's chromium + chromium-driver with it
+             "selenium==4.51.0"],
     # Accelerators: the same JAX version as the CPU pin.
     "cuda12": ["jax[cuda12]==0.10.2"],
     "cuda13": ["jax[cuda13]==0.10.2"],
@@ -45,7 +47,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["multiret_jax", "multiret_jax.*"]),
-    package_data={"multiret_jax.embedded": ["realmini/*.jsonl", "realmini/README.md"]},
+    package_data={"multiret_jax.embedded": ["realmini/*.jsonl", "realmini/README.md"],
+                  "multiret_jax.serve": ["page.html"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -113,3 +113,18 @@ def run_on_8_devices():
         return out.stdout
 
     return run
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """A tiny trained run with the index ``retrieve`` built for it (``test_serve``), made
+    once for the service's tests and the search page's."""
+    from test_serve import build_served_run
+    return build_served_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def server(built, tmp_path_factory):
+    """``python -m multiret_jax.serve`` over ``built``, started once (``test_serve``)."""
+    from test_serve import start_server
+    yield from start_server(built, tmp_path_factory)

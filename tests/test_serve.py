@@ -49,10 +49,10 @@ def _digests(directory: Path):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def build_served_run(tmp_path_factory):
     """The tiny run, its Flat index and TREC files written by ``retrieve.run_retrieval``
-    (the retrieval CLI's function), and retrieve's retriever over the same index."""
+    (the retrieval CLI's function), and retrieve's retriever over the same index
+    (conftest's session fixture ``built``, shared with ``test_search_page``)."""
     import gin
     root, data, run_dir, table = make_run(tmp_path_factory.mktemp("serve"))
     out = root / "out"
@@ -66,10 +66,9 @@ def built(tmp_path_factory):
             "index_dir": index_dir, "retriever": retriever}
 
 
-@pytest.fixture(scope="module")
-def server(built, tmp_path_factory):
+def start_server(built, tmp_path_factory):
     """``python -m multiret_jax.serve`` on a free port; its base URL once /health answers.
-    Terminated (then killed) at teardown."""
+    Terminated (then killed) at teardown (conftest's session fixture ``server``)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve_log") / "server.log"
     before = _digests(built["index_dir"])

@@ -7,7 +7,8 @@
 - ``engine``: the run's query encoder (bucketed shapes, compiled at start), the index
   (read only, checksums verified) and the passage table.
 - ``batcher``: requests arriving within ``max_wait_ms`` share one encoder call.
-- ``app``: the HTTP API (``/search``, ``/encode``, ``/health``, ``/metrics``, ``/docs``).
+- ``app``: the HTTP API (``/search``, ``/encode``, ``/health``, ``/metrics``, ``/docs``) and
+  the search page at ``/`` (``page.html``).
 - ``metrics``: request, latency, batch and compilation counters.
 - ``__main__``: the command.
 """

@@ -4,6 +4,7 @@ r"""Serves a trained run's retrieval over HTTP.
     python -m multiret_jax.serve --model_dir=RUN --index_dir=OUT/index/Flat --port=8000
     curl -s localhost:8000/search -H 'content-type: application/json' \
         -d '{"queries": ["who wrote the iliad"], "task": "nq", "k": 5}'
+    # or open http://localhost:8000/ : a search page (task, query; results, words marked)
 
 At start: the run (its ``config.gin``, parameters and tokenizer, as ``retrieve.py`` loads
 them), its passage table (``--data_dir``, default the run's) and the index saved in

@@ -7,6 +7,7 @@ request metrics. ``create_app`` wraps a loaded, warmed-up ``Engine``.
     GET  /health   status, model, index and served tasks
     GET  /metrics  requests, latency percentiles, batch sizes, compilations after warm-up
     GET  /docs, /openapi.json
+    GET  /         a search page (``page.html``: task, query, results with query words marked)
 
 A malformed JSON body is a 400; a body of the wrong shape, an unknown task, an empty or
 too long query list, a blank or too long query and ``k`` out of range are 422s, each with
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.resources
 import logging
 import time
 from typing import Any, Dict, List, Optional
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from multiret_jax.data.tasks import Task
@@ -72,6 +74,11 @@ class SearchResponse(BaseModel):
 class EncodeResponse(BaseModel):
     embeddings: List[List[float]]
     dim: int
+
+
+def search_page() -> str:
+    """The search page (one static HTML file with inline CSS and JavaScript, package data)."""
+    return importlib.resources.files(__package__).joinpath("page.html").read_text("utf-8")
 
 
 def _invalid(message: str) -> HTTPException:
@@ -125,6 +132,7 @@ def create_app(engine: Engine, *, max_batch: int = 32, max_wait_ms: float = 5.0,
       info: more fields for ``GET /health`` (model and index directories).
     """
     metrics = metrics or Metrics()
+    page = search_page()
     batcher = Batcher(engine.run_jobs, max_batch, max_wait_ms, on_batch=metrics.batch)
 
     @contextlib.asynccontextmanager
@@ -167,6 +175,11 @@ def create_app(engine: Engine, *, max_batch: int = 32, max_wait_ms: float = 5.0,
         """Query embeddings (float32 values), as the search uses them."""
         task = check_request(req, engine, limits)
         return await submit(Job("encode", task, req.queries))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        """The search page: it calls ``/health`` (tasks) and ``/search``."""
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health() -> Dict[str, Any]:
