@@ -75,11 +75,10 @@ def load_queries(args) -> Tuple[List[str], str]:
     else:
         from multiret_jax.data import kilt
         from multiret_jax.data.tasks import get_task
-        from multiret_jax.run_dir import parse_run_config, train_setting
-        data_dir = args.data_dir
-        if not data_dir:
+        from multiret_jax.run_dir import parse_run_config, run_data_dir
+        if not args.data_dir:
             parse_run_config(args.model_dir)
-            data_dir = train_setting("data_dir") or os.path.join(args.model_dir, "minikilt")
+        data_dir = run_data_dir(args.model_dir, args.data_dir)
         path = os.path.join(data_dir, get_task(args.task).filename("dev"))
         if not os.path.isfile(path):
             sys.exit(f"serve_load: {path}: missing (give --data_dir with the task files, or "

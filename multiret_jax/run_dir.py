@@ -176,6 +176,12 @@ def load_run(model_dir: str, params_path: Optional[str] = None,
                       train_setting("eval_batch_size"))
 
 
+def run_data_dir(model_dir: str, data_dir: Optional[str] = None) -> str:
+    """The run's data directory: ``data_dir``, else ``train.data_dir`` of the parsed run
+    config, else ``<model_dir>/minikilt`` (where the trainer generates one)."""
+    return data_dir or train_setting("data_dir") or os.path.join(model_dir, "minikilt")
+
+
 def run_table(model_dir: str, data_dir: Optional[str] = None,
               chunk_mode: Optional[str] = None) -> Tuple[PassageTable, str]:
     """The run's passage table and its directory.
@@ -188,7 +194,7 @@ def run_table(model_dir: str, data_dir: Optional[str] = None,
     Raises:
       FileNotFoundError: naming the directory when it holds neither.
     """
-    data_dir = data_dir or train_setting("data_dir") or os.path.join(model_dir, "minikilt")
+    data_dir = run_data_dir(model_dir, data_dir)
     if os.path.isfile(os.path.join(data_dir, "passages.jsonl")):
         return PassageTable.load(data_dir), data_dir
     ks = os.path.join(data_dir, "knowledge_source.jsonl")
