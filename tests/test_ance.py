@@ -68,7 +68,8 @@ def mined_setup(tmp_path_factory):
 def _reference_negatives(q, p, examples, page_ids, num, depth):
     """Brute force: rank every passage by the dot product, best first (ties: lower row),
     keep the first ``num`` of the top ``depth`` not gold and not on a gold page."""
-    ranked = np.argsort(-(q @ p.T), axis=1, kind="stable")[:, :depth]
+    scores = (q.astype(np.float64) @ p.T.astype(np.float64)).astype(np.float32)  # exact_search's
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
     out = np.full((len(examples), num), -1, np.int64)
     allowed_counts = []
     for i, (ex, rows) in enumerate(zip(examples, ranked)):

@@ -52,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from multiret_jax.checksums import file_sha256
+from multiret_jax.index.mine import pair_scores
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,10 @@ class DenseIndex:
           progress: tqdm bar over batches.
         Returns:
           (rows, scores): int64 [Q, k] global rows (``row_offset`` + FAISS row) and float32
-          [Q, k] inner products, best first, ties to the lower row.
+          [Q, k] inner products, best first, ties to the lower row. A Flat index's scores
+          are ``mine.exact_search``'s (float64 sums of its stored vectors, over its top
+          ``k + max(16, k // 4)``), so Flat indexes over shards, merged, rank as one index
+          and as exact search; of passages tied at the k-th score it may keep others.
         """
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -168,20 +172,37 @@ class DenseIndex:
         k, bs = int(k), int(batch_size)
         if k < 0 or bs < 1:
             raise ValueError(f"need k >= 0 and batch_size >= 1, got k={k}, batch_size={bs}")
-        rows = np.full((len(q), k), -1, np.int64)
-        scores = np.full((len(q), k), -np.inf, np.float32)
+        flat = isinstance(faiss.downcast_index(self.index), faiss.IndexFlat)
+        # A Flat index's candidates are rescored exactly: FAISS's float32 BLAS scores
+        # depend on the index's size, so k + a margin are fetched to rank the top k.
+        found = min(self.ntotal, k + max(16, k // 4)) if flat else k
+        rows = np.full((len(q), max(k, found)), -1, np.int64)
+        scores = np.full((len(q), max(k, found)), -np.inf, np.float32)
         if k == 0 or self.ntotal == 0:
-            return rows, scores
+            return rows[:, :k], scores[:, :k]
         hnsw = _hnsw_of(self.index)
         ef = None if hnsw is None else int(hnsw.efSearch)
         if ef is not None and ef < k:  # FAISS keeps efSearch < k: its beam then misses
             hnsw.efSearch = k          # most of the true top k (see the module docstring)
         try:
-            self._search_batches(q, k, bs, rows, scores, progress)
+            self._search_batches(q, found, bs, rows, scores, progress)
         finally:
             if ef is not None:
                 hnsw.efSearch = ef
+        if flat:
+            self._rescore(q, rows, scores)
         return _sort_results(rows, scores, k)
+
+    def _rescore(self, q: np.ndarray, rows: np.ndarray, scores: np.ndarray,
+                 chunk: int = 64) -> None:
+        """Replaces a Flat index's scores by ``mine.pair_scores`` of its stored vectors
+        (float64 sums: the same in an index of any size, and as ``mine.exact_search``)."""
+        for s in range(0, len(q), chunk):
+            r = rows[s:s + chunk]
+            local = np.where(r >= 0, r - self.row_offset, 0)
+            vec = self.index.reconstruct_batch(local.ravel()).reshape(*r.shape, -1)
+            scores[s:s + chunk] = np.where(r >= 0, pair_scores(q[s:s + chunk],
+                                                               vec[..., :self.dim]), -np.inf)
 
     def _search_batches(self, q: np.ndarray, k: int, bs: int, rows: np.ndarray,
                         scores: np.ndarray, progress: bool) -> None:
@@ -194,8 +215,8 @@ class DenseIndex:
                 dist = (np.einsum("ij,ij->i", x, x)[:, None] + self.max_norm ** 2 - dist) / 2
             else:
                 dist, idx = self.index.search(x, k)
-            rows[s:s + bs] = np.where(idx >= 0, idx + self.row_offset, -1)
-            scores[s:s + bs] = np.where(idx >= 0, dist, -np.inf)
+            rows[s:s + bs, :k] = np.where(idx >= 0, idx + self.row_offset, -1)
+            scores[s:s + bs, :k] = np.where(idx >= 0, dist, -np.inf)
 
     def search_ids(self, queries: np.ndarray, k: int, **kw) -> Tuple[np.ndarray, np.ndarray]:
         """``search``, returning passage-id strings [Q, k] ("" where none) and scores."""

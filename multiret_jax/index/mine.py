@@ -52,6 +52,13 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
     top-k; ties are broken by the lower passage row, so results do not depend on
     ``block_size``. NaN scores (non-finite embeddings) rank below every number.
 
+    Scores are inner products accumulated in float64 and rounded to float32. A float32
+    BLAS product sums in an order that depends on the matrices' shapes (OpenBLAS's
+    kernels on some CPUs), so the same (query, passage) pair would score differently in
+    a block of another size, a shard or another process; float64 products of float32
+    inputs are exact and the rounded sums agree (barring a sum within ~1e-16 relative of
+    a float32 rounding boundary), so the search over shards, merged, equals this one.
+
     Args:
       queries: [Q, D] query embeddings.
       passages: [P, D] passage embeddings (a np.memmap works; blocks are read in turn).
@@ -75,9 +82,10 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
     best_scores = np.zeros((num_q, 0), np.float32)
     if k == 0 or num_q == 0:
         return np.zeros((num_q, k), np.int64), np.zeros((num_q, k), np.float32)
+    queries64 = queries.astype(np.float64)
     for start in range(0, num_p, block_size):
         block = np.asarray(passages[start:start + block_size], np.float32)
-        scores = queries @ block.T  # [Q, B]
+        scores = (queries64 @ block.T.astype(np.float64)).astype(np.float32)  # [Q, B]
         scores[np.isnan(scores)] = -np.inf  # a diverged model's NaN ranks last, not nowhere
         cols = _block_topk(scores, min(k, scores.shape[1]))
         rows = np.concatenate([best_rows, cols.astype(np.int64) + start], axis=1)
@@ -86,6 +94,20 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
         best_rows = np.take_along_axis(rows, order, axis=1)
         best_scores = np.take_along_axis(vals, order, axis=1)
     return best_rows, best_scores.astype(np.float32, copy=False)
+
+
+def pair_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Inner products of each query with its own candidates, as ``exact_search`` scores.
+
+    Args:
+      queries: [Q, D] query embeddings.
+      candidates: [Q, C, D] each query's candidate passage embeddings.
+    Returns:
+      float32 [Q, C]: accumulated in float64 and rounded, so a pair scores the same here,
+      in ``exact_search`` over any block of passages, and in any process.
+    """
+    return np.einsum("qd,qcd->qc", np.asarray(queries, np.float64),
+                     np.asarray(candidates, np.float64)).astype(np.float32)
 
 
 def search_rows(query_emb: np.ndarray, passages: Searcher, depth: int,
