@@ -17,21 +17,31 @@ outputs, the bytes outputs alias onto donated arguments, temporaries (activation
 gradients, the update's intermediates) and the peak they imply (arguments + outputs -
 aliased + temporaries), and the TACO state's share of the arguments. The figures come
 from XLA CPU's buffer assignment; a TPU/GPU compile fuses and schedules differently, so
-read them as a plan, not a measurement of an accelerator. ``--layers=L`` compiles T5-base
-with L of its 12 layers per stack (a 2-core CPU takes over 40 minutes and over 9 GB for
-the full 8-device step); the activations grow about linearly in the layers. The last line:
+read them as a plan, not a measurement of an accelerator. They are read from XLA's
+buffer-assignment dump (``--xla_dump_to``) as soon as it is written, and the compile is
+then stopped: XLA CPU's code generation, which comes after buffer assignment and does not
+change it, takes hours on 2 cores for T5-base's 12 unrolled layers per stack (its thunk
+emission is quadratic in the computations). ``--wait_compile`` lets the compile finish
+and checks that ``memory_analysis()`` equals the dump (it does, byte for byte, at
+``--layers=1``). ``--layers=L`` compiles T5-base with L of its 12 layers per stack. The last line:
 
     memory_plan: T5-base TACO, 8 devices, bf16: X.X GiB/device
 """
 
 import argparse
+import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from typing import Any, Dict
 
 GIB = 2 ** 30
+ALLOCATION = re.compile(r"allocation \d+: size (\d+)(.*):$")
 # KILT's train sizes for the tasks Table 5 leaves whole, T-REx and zsRE raw (taco.gin caps
 # them to Table 5's 95k and 100k): the same sizes tests/test_plan.py checks the plan with.
 TASK_SIZES = {"nq": 76000, "triviaqa": 53000, "hotpotqa": 69000, "wow": 80000, "trex": 2284168,
@@ -97,8 +107,7 @@ def worker(args):
                            task_shapes=task_shapes, batching=s.batching)
     with_sh = lambda tree, sh: jax.tree_util.tree_map(
         lambda x, y: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=y), tree, sh)
-    compiled = step.lower(with_sh(state, state_sh), with_sh(batch, batch_sh)).compile()
-    ma = compiled.memory_analysis()
+    lowered = step.lower(with_sh(state, state_sh), with_sh(batch, batch_sh))
 
     def per_device(tree, sh):
         return sum(int(np.prod(y.shard_shape(x.shape))) * int(np.dtype(x.dtype).itemsize)
@@ -115,12 +124,94 @@ def worker(args):
            "batch": {t: v["batch_size"] for t, v in plan["tasks"].items()},
            "query_lens": {t: v["query_len_with_marker"] for t, v in plan["tasks"].items()},
            "passage_len": lp, "negatives": h, "rows_per_task": b,
-           "state_bytes": per_device(state, state_sh), "taco_ema_bytes": ema_bytes,
-           "argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
-           "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes}
+           "state_bytes": per_device(state, state_sh), "taco_ema_bytes": ema_bytes}
     out = {k: int(v) if isinstance(v, (np.integer, int)) else v for k, v in out.items()}
-    out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-    print("MEMORY_PLAN_JSON " + json.dumps(out), flush=True)
+    print("MEMORY_PLAN_SETUP " + json.dumps(out), flush=True)  # before the long compile
+    ma = lowered.compile().memory_analysis()
+    sizes = {"argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
+             "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes}
+    print("MEMORY_PLAN_JSON " + json.dumps({k: int(v) for k, v in sizes.items()}), flush=True)
+
+
+def buffer_assignment_sizes(path: str) -> Dict[str, int]:
+    """Per-device bytes of a module from XLA's ``*buffer-assignment.txt`` dump, as
+    ``Compiled.memory_analysis()`` sums them: entry parameters (argument), maybe-live-out
+    allocations (output), allocations that are both (alias) and the preallocated temporary
+    buffer (temp); thread-local and constant allocations are not counted.
+
+    Raises:
+      ValueError: naming the file, if it holds no allocations.
+    """
+    sizes = dict(argument=0, output=0, alias=0, temp=0)
+    found = 0
+    with open(path) as f:
+        for line in f:
+            m = ALLOCATION.match(line)
+            if not m:
+                continue
+            found += 1
+            size, tags = int(m.group(1)), m.group(2)
+            param, live = "parameter" in tags, "maybe-live-out" in tags
+            sizes["argument"] += size * param
+            sizes["output"] += size * live
+            sizes["alias"] += size * (param and live)
+            sizes["temp"] += size * ("preallocated-temp" in tags)
+    if not found:
+        raise ValueError(f"{path}: no 'allocation N: size S, ...' lines (not an XLA "
+                         "buffer-assignment dump?)")
+    return sizes
+
+
+def run_worker(cmd, env, wait_compile: bool, poll_s: float = 5.0) -> Dict[str, Any]:
+    """Runs one worker; returns its setup figures plus the step's memory sizes.
+
+    The sizes come from XLA's buffer-assignment dump as soon as it is written (the
+    compile is then stopped: XLA CPU's code generation after buffer assignment takes
+    hours for T5-base's unrolled layers and does not change the plan), or from
+    ``memory_analysis()`` when the compile finishes first. ``wait_compile``: let the
+    compile finish and check that both agree.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = os.path.join(tmp, "dump")
+        env = dict(env, XLA_FLAGS=env["XLA_FLAGS"] + f" --xla_dump_to={dump} "
+                   "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=^jit_step$")
+        out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
+        from_dump, seen = None, {}
+        try:
+            while proc.poll() is None:
+                time.sleep(poll_s)
+                report = glob.glob(os.path.join(dump, "*jit_step*memory-usage-report.txt"))
+                size = {p: os.path.getsize(p) for p in report}
+                if report and size == seen and from_dump is None:  # written and settled
+                    (ba,) = glob.glob(os.path.join(dump, "*jit_step*-buffer-assignment.txt"))
+                    from_dump = buffer_assignment_sizes(ba)
+                    if not wait_compile:
+                        break
+                seen = size
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        with open(out_path) as f:
+            lines = dict(x.split(" ", 1) for x in f.read().splitlines()
+                         if x.startswith("MEMORY_PLAN_"))
+        if "MEMORY_PLAN_SETUP" not in lines or (from_dump is None and "MEMORY_PLAN_JSON" not in lines):
+            with open(err_path) as f:
+                raise RuntimeError(f"the worker failed (exit {proc.returncode}):\n"
+                                   + f.read()[-4000:])
+        r = json.loads(lines["MEMORY_PLAN_SETUP"])
+        analysis = json.loads(lines["MEMORY_PLAN_JSON"]) if "MEMORY_PLAN_JSON" in lines else None
+        if wait_compile and from_dump is not None and analysis != from_dump:
+            raise RuntimeError(f"the buffer-assignment dump {from_dump} differs from "
+                               f"memory_analysis() {analysis}")
+        r.update(analysis or from_dump)
+        r["source"] = "memory_analysis" if analysis else "buffer-assignment dump"
+        if wait_compile and from_dump is not None:
+            r["source"] = "memory_analysis, equal to the buffer-assignment dump"
+        r["peak"] = r["argument"] + r["output"] - r["alias"] + r["temp"]
+        return r
 
 
 def main():
@@ -135,6 +226,9 @@ def main():
     p.add_argument("--gin_param", action="append", default=[],
                    help="an extra binding, e.g. MULTITASK_METHOD='naive' with "
                         "MULTITASK_OPTIONS={} (to see what the TACO update itself adds)")
+    p.add_argument("--wait_compile", action="store_true",
+                   help="let each compile finish (hours at 12 layers) and check that its "
+                        "memory_analysis() equals the buffer-assignment dump")
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -158,13 +252,13 @@ def main():
                 cmd.append(f"--grad_cache_chunk={args.grad_cache_chunk}")
             cmd += [f"--gin_param={b}" for b in args.gin_param]
             print(f"-- compiling the T5-base TACO step: {n} device(s), {dtype} ...", flush=True)
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            line = [x for x in res.stdout.splitlines() if x.startswith("MEMORY_PLAN_JSON ")]
-            if res.returncode or not line:
-                sys.exit(f"memory_plan: the {n}-device {dtype} compile failed:\n"
-                         + res.stderr[-4000:])
-            r = json.loads(line[0].split(" ", 1)[1])
+            t0 = time.time()
+            try:
+                r = run_worker(cmd, env, args.wait_compile)
+            except RuntimeError as e:
+                sys.exit(f"memory_plan: the {n}-device {dtype} compile: {e}")
             rows.append(r)
+            print(f"   sizes from {r['source']} after {time.time() - t0:.0f} s", flush=True)
             print(f"   {r['layers']} layers per stack, {r['params'] / 1e6:.1f}M params; per-task batch {r['batch']} "
                   f"(padded to {r['rows_per_task']} rows); query lengths {r['query_lens']}; "
                   f"{r['negatives']} hard negatives; passages {r['passage_len']} tokens")
