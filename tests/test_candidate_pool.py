@@ -117,6 +117,7 @@ def test_gold_page_rows_of_no_records(world):
     assert gold_page_rows(world[0], []).size == 0
 
 
+@pytest.mark.slow  # ~1 min: a tiny trainer run; the pool itself is checked above by default
 @pytest.mark.usefixtures("clean_gin")
 def test_the_trainer_validates_on_the_pool_and_says_so(tmp_path):
     from multiret_jax.gin_utils import parse_gin

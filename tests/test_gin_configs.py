@@ -105,6 +105,7 @@ def _tiny_learns(tmp_path, name, steps, floor, extra=()):
     return summary
 
 
+@pytest.mark.slow  # ~2.5 min; by default test_ance.py mines episodes and test_plan.py plans them
 def test_taco_tiny_runs_ance_and_learns(tmp_path):
     summary = _tiny_learns(tmp_path, "taco_tiny.gin", 60, 0.04, ["ANCE_EPISODE_STEPS = 10"])
     eps = sorted(p.name for p in (tmp_path / "taco_tiny" / "ance").glob("episode_*.npz"))

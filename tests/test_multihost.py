@@ -125,7 +125,8 @@ def _initial_params() -> dict:
         gin.clear_config()
 
 
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.slow  # ~4 min on 2 cores; by default tests/test_sharded_search.py runs 2
+def test_two_processes_train_like_one(tmp_path):  # processes (mining, retrieve) against 1
     cache = tmp_path / "xla_cache"
     mh_dir, ref_dir = tmp_path / "multihost", tmp_path / "single"
     coordinator = f"127.0.0.1:{_free_port()}"

@@ -91,6 +91,7 @@ def test_taco_in_your_training(tmp_path):
         assert max(final) < 0.2 * min(res["initial_loss"]), (method, final, res["initial_loss"])
 
 
+@pytest.mark.slow  # ~1 min; the retrieve CLI's tests index and search by default
 def test_index_and_search(tmp_path):
     _, res, work = execute("index_and_search.ipynb", tmp_path)
     assert 1000 <= res["num_passages"] <= 1500

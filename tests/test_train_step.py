@@ -139,6 +139,7 @@ def test_reference_batch_is_realistic(reference):
     assert np.all(np.isfinite(losses)) and losses.shape == (2, K)
 
 
+@pytest.mark.slow  # 74 s; test_batching.py checks the vmapped padded loss by default
 def test_unrolled_equals_vmap(mini, tiny, reference):
     model, params = tiny
     batches, want_losses, want_params, _ = reference
@@ -394,6 +395,7 @@ def _sharded_step(reference, tmp_path, run_on_8_devices, cases):
     return run_on_8_devices(head + MESH_SCRIPT, "TRAIN_STEP_MESH_OK")
 
 
+@pytest.mark.slow  # 98 s; by default test_union.py's step and test_sharded_state.py's TACO
 def test_sharded_step_on_8_devices_equals_one_device(reference, tmp_path, run_on_8_devices):
     """The naive chain (the trainer's default) on 8 data-parallel devices and on a
     4 x 2 data x model mesh equals one device."""

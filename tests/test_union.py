@@ -202,6 +202,7 @@ UNION_MESH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 90 s; test_sharded_state.py checks a sharded step on 8 devices by default
 def test_union_step_on_8_devices_equals_one_device(mini, tmp_path, run_on_8_devices):
     """Cross-device negatives: the union batch's rows split over 8 data-parallel devices,
     every query still scored against the whole batch (the loss is written for the global
