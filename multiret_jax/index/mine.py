@@ -106,8 +106,8 @@ def pair_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
       float32 [Q, C]: accumulated in float64 and rounded, so a pair scores the same here,
       in ``exact_search`` over any block of passages, and in any process.
     """
-    return np.einsum("qd,qcd->qc", np.asarray(queries, np.float64),
-                     np.asarray(candidates, np.float64)).astype(np.float32)
+    q = np.asarray(queries, np.float64)[:, :, None]  # [Q, D, 1]
+    return np.matmul(np.asarray(candidates, np.float64), q)[..., 0].astype(np.float32)
 
 
 def search_rows(query_emb: np.ndarray, passages: Searcher, depth: int,
