@@ -203,13 +203,12 @@ def run_worker(cmd, env, wait_compile: bool, poll_s: float = 5.0) -> Dict[str, A
                                    + f.read()[-4000:])
         r = json.loads(lines["MEMORY_PLAN_SETUP"])
         analysis = json.loads(lines["MEMORY_PLAN_JSON"]) if "MEMORY_PLAN_JSON" in lines else None
-        if wait_compile and from_dump is not None and analysis != from_dump:
+        if analysis and from_dump and analysis != from_dump:
             raise RuntimeError(f"the buffer-assignment dump {from_dump} differs from "
                                f"memory_analysis() {analysis}")
         r.update(analysis or from_dump)
-        r["source"] = "memory_analysis" if analysis else "buffer-assignment dump"
-        if wait_compile and from_dump is not None:
-            r["source"] = "memory_analysis, equal to the buffer-assignment dump"
+        r["source"] = ("buffer-assignment dump" if not analysis else "memory_analysis" if
+                       not from_dump else "memory_analysis, equal to the buffer-assignment dump")
         r["peak"] = r["argument"] + r["output"] - r["alias"] + r["temp"]
         return r
 
