@@ -6,11 +6,12 @@
 For each index type (Flat, HNSW32, IVF-PQ, IVF-SQ8) built once with
 ``faiss_index.build_index`` from seeded clustered embeddings (the ``synthetic`` source of
 ``benchmarks/faiss_recall.py``), it times, on the same FAISS index object and the same
-queries, best of ``--repeats``:
+queries, best of ``--repeats`` rounds (the three take turns in each round):
 
 * raw: ``index.index.search(queries, k)`` (one FAISS call, float32 input);
 * project: ``DenseIndex.search(queries, k)``: dtype/shape checks, query batching, the
-  HNSW beam guard, global rows, and the sort that orders ties by row;
+  HNSW beam guard, global rows, a Flat index's rescoring of its top k + margin pair by
+  pair (``mine.pair_scores``), and the sort that orders ties by row;
 * project + ids: ``DenseIndex.search_ids``, which also maps rows to passage-id strings.
 
 It prints queries/s of each and the ratio project / raw (target >= 0.9), then, last:
@@ -35,13 +36,16 @@ from faiss_recall import make_data  # noqa: E402  (faiss_recall.py's synthetic c
 from multiret_jax.index.faiss_index import build_index  # noqa: E402
 
 
-def best_time(fn, repeats):
-    out, best = None, float("inf")
+def best_times(fns, repeats):
+    """Best wall time of each function over ``repeats`` rounds, the functions taking turns
+    within a round (so a slower or faster spell of the machine affects all of them)."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def main():
@@ -77,9 +81,9 @@ def main():
         if same < 0.999:
             sys.exit(f"search_speed: {spec}: the project's rows differ from FAISS's "
                      f"(overlap {same:.4f})")
-        t_raw, _ = best_time(lambda: index.index.search(q, args.k), args.repeats)
-        t_proj, _ = best_time(lambda: index.search(q, args.k), args.repeats)
-        t_ids, _ = best_time(lambda: index.search_ids(q, args.k), args.repeats)
+        t_raw, t_proj, t_ids = best_times([lambda: index.index.search(q, args.k),
+                                           lambda: index.search(q, args.k),
+                                           lambda: index.search_ids(q, args.k)], args.repeats)
         ratios[spec] = t_raw / t_proj
         qps = lambda t: args.num_queries / t
         print(f"{spec:>16} (built in {built:5.1f} s): raw {qps(t_raw):9.0f} q/s, project "

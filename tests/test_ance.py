@@ -19,6 +19,7 @@ from multiret_jax.data.tasks import benchmark_tasks, get_task
 from multiret_jax.data.tokenization import Tokenization
 from multiret_jax.encoding import encode_passages_of, encode_texts, jitted_encoders
 from multiret_jax.gin_utils import parse_gin
+from multiret_jax.index.mine import pair_scores
 from multiret_jax.models.encoders import build_biencoder
 from multiret_jax.train import train
 from multiret_jax.training.inputs import load_task_data
@@ -68,7 +69,9 @@ def mined_setup(tmp_path_factory):
 def _reference_negatives(q, p, examples, page_ids, num, depth):
     """Brute force: rank every passage by the dot product, best first (ties: lower row),
     keep the first ``num`` of the top ``depth`` not gold and not on a gold page."""
-    scores = (q.astype(np.float64) @ p.T.astype(np.float64)).astype(np.float32)  # exact_search's
+    # Every pair scored as exact_search defines scores (FAISS's per-pair dot product); the
+    # ranking, gold filtering and padding are this reference's own.
+    scores = pair_scores(q, p, np.tile(np.arange(len(p)), (len(q), 1)))
     ranked = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
     out = np.full((len(examples), num), -1, np.int64)
     allowed_counts = []

@@ -5,7 +5,7 @@ import pytest
 
 from multiret_jax.data.negatives import filter_negatives
 from multiret_jax.index.faiss_index import build_index, sharded_search
-from multiret_jax.index.mine import exact_search, mine_negatives
+from multiret_jax.index.mine import exact_search, mine_negatives, pair_scores
 
 
 def _data(q=7, p=53, d=8, seed=0):
@@ -44,6 +44,49 @@ def test_exact_search_ties_to_lower_row():
         rows, scores = exact_search(q, p, k=4, block_size=bs)
         np.testing.assert_array_equal(rows, [[5, 1, 2, 3]] * 2)
         np.testing.assert_array_equal(scores, [[2, 1, 1, 1]] * 2)
+
+
+def test_pair_scores_equal_float64_products_in_a_table_of_any_size():
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(50, 384)).astype(np.float32)
+    p = rng.normal(size=(1000, 384)).astype(np.float32)
+    rows = rng.integers(0, 1000, (50, 30))
+    rows[::7, -3:] = -1
+    got = pair_scores(q, p, rows)
+    assert got.dtype == np.float32 and got.shape == (50, 30)
+    q64, cand64 = q.astype(np.float64), p[rows].astype(np.float64)
+    ref = np.einsum("qd,qcd->qc", q64, cand64)
+    bound = np.einsum("qd,qcd->qc", np.abs(q64), np.abs(cand64))
+    ok = rows >= 0
+    assert np.all(np.abs(got[ok] - ref[ok]) <= 1e-6 * bound[ok])  # a float32 sum's error
+    assert np.all(got[~ok] == -np.inf)
+    # The same pairs in a slice of the table, or in a larger one, score identically.
+    part = np.where(ok, rows - 200, -1)
+    inside = ok & (rows >= 200) & (rows < 700)
+    np.testing.assert_array_equal(pair_scores(q, p[200:700], np.where(inside, part, -1))[inside],
+                                  got[inside])
+    big = np.concatenate([rng.normal(size=(333, 384)).astype(np.float32), p])
+    np.testing.assert_array_equal(pair_scores(q, big, np.where(ok, rows + 333, -1)), got)
+    # exact_search's scores are these, over blocks of any size (where a float32 BLAS
+    # product of a block rounds by the block's shape on some CPUs).
+    for bs in (77, 128, 1000):
+        r, sc = exact_search(q, p, 20, block_size=bs)
+        np.testing.assert_array_equal(sc, pair_scores(q, p, r))
+        np.testing.assert_array_equal(r, exact_search(q, p, 20)[0])
+
+
+def test_pair_scores_nan_and_errors():
+    q, p = _data()
+    p[3, 0] = np.nan
+    got = pair_scores(q, p, np.array([[3, 4]] * len(q)))
+    assert np.all(got[:, 0] == -np.inf) and np.all(np.isfinite(got[:, 1]))
+    assert exact_search(q, p, 53)[0][0, -1] == 3  # the NaN passage ranks last
+    with pytest.raises(ValueError, match="out of the table"):
+        pair_scores(q, p, np.full((len(q), 1), len(p)))
+    with pytest.raises(ValueError, match="rows"):
+        pair_scores(q, p, np.zeros((len(q) + 1, 2), np.int64))
+    with pytest.raises(ValueError):
+        pair_scores(q, p[:, :5], np.zeros((len(q), 2), np.int64))
 
 
 def test_exact_search_errors():

@@ -52,7 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from multiret_jax.checksums import file_sha256
-from multiret_jax.index.mine import pair_scores
+from multiret_jax.index.mine import candidate_margin, pair_scores
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,11 @@ class DenseIndex:
           progress: tqdm bar over batches.
         Returns:
           (rows, scores): int64 [Q, k] global rows (``row_offset`` + FAISS row) and float32
-          [Q, k] inner products, best first, ties to the lower row. A Flat index's scores
-          are ``mine.exact_search``'s (float64 sums of its stored vectors, over its top
-          ``k + max(16, k // 4)``), so Flat indexes over shards, merged, rank as one index
-          and as exact search; of passages tied at the k-th score it may keep others.
+          [Q, k] inner products, best first, ties to the lower row. A Flat index's top
+          ``k + mine.candidate_margin(k)`` are rescored by ``mine.pair_scores`` (one dot
+          product per pair, in an order that does not depend on the index's size), so
+          Flat indexes over shards, merged, rank as one index and as ``exact_search``;
+          of passages tied at the k-th score it may keep others.
         """
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -173,9 +174,9 @@ class DenseIndex:
         if k < 0 or bs < 1:
             raise ValueError(f"need k >= 0 and batch_size >= 1, got k={k}, batch_size={bs}")
         flat = isinstance(faiss.downcast_index(self.index), faiss.IndexFlat)
-        # A Flat index's candidates are rescored exactly: FAISS's float32 BLAS scores
+        # A Flat index's candidates are rescored pair by pair: FAISS's float32 BLAS scores
         # depend on the index's size, so k + a margin are fetched to rank the top k.
-        found = min(self.ntotal, k + max(16, k // 4)) if flat else k
+        found = min(self.ntotal, k + candidate_margin(k)) if flat else k
         rows = np.full((len(q), max(k, found)), -1, np.int64)
         scores = np.full((len(q), max(k, found)), -np.inf, np.float32)
         if k == 0 or self.ntotal == 0:
@@ -194,15 +195,20 @@ class DenseIndex:
         return _sort_results(rows, scores, k)
 
     def _rescore(self, q: np.ndarray, rows: np.ndarray, scores: np.ndarray,
-                 chunk: int = 64) -> None:
+                  chunk: int = 4096) -> None:
         """Replaces a Flat index's scores by ``mine.pair_scores`` of its stored vectors
-        (float64 sums: the same in an index of any size, and as ``mine.exact_search``)."""
+        (read in place; DPR's ip_to_l2 vectors without their extra coordinate)."""
+        flat = faiss.downcast_index(self.index)
+        table = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * flat.d).reshape(self.ntotal, flat.d)
+        local = np.where(rows >= 0, rows - self.row_offset, -1)
         for s in range(0, len(q), chunk):
-            r = rows[s:s + chunk]
-            local = np.where(r >= 0, r - self.row_offset, 0)
-            vec = self.index.reconstruct_batch(local.ravel()).reshape(*r.shape, -1)
-            scores[s:s + chunk] = np.where(r >= 0, pair_scores(q[s:s + chunk],
-                                                               vec[..., :self.dim]), -np.inf)
+            r = local[s:s + chunk]
+            if self.ip_to_l2:  # the table's rows are [x, sqrt(M^2 - |x|^2)]: keep x
+                vec = table[np.maximum(r, 0).ravel(), :self.dim]
+                r = np.where(r >= 0, np.arange(r.size).reshape(r.shape), -1)
+                scores[s:s + chunk] = pair_scores(q[s:s + chunk], vec, r)
+            else:
+                scores[s:s + chunk] = pair_scores(q[s:s + chunk], table, r)
 
     def _search_batches(self, q: np.ndarray, k: int, bs: int, rows: np.ndarray,
                         scores: np.ndarray, progress: bool) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
+import faiss
 import numpy as np
 
 from multiret_jax.data.negatives import filter_negatives
@@ -44,20 +45,61 @@ def _block_topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(keep)[1].reshape(scores.shape[0], k)
 
 
+def candidate_margin(k: int) -> int:
+    """Candidates fetched beyond ``k`` before the exact rescoring (``exact_search``, Flat
+    indexes): a selection scored in another summation order may differ from the final
+    scores in the last bits, so a passage near the k-th score may rank just below it."""
+    return max(16, int(k) // 4)
+
+
+def pair_scores(queries: np.ndarray, table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Inner products of each query with the table rows it names: the scores that
+    ``exact_search`` and a Flat ``faiss_index.DenseIndex`` return.
+
+    One float32 dot product per pair, by FAISS's ``fvec_inner_products_by_idx``: its
+    summation order depends on D alone, so a (query, passage) pair scores the same in any
+    block, shard, index size or process (a float32 BLAS product sums in an order that
+    depends on the matrices' shapes: OpenBLAS's kernels on some CPUs). Processes that
+    compare scores must run the same FAISS build on CPUs of the same SIMD level
+    (``faiss.get_compile_options()``), as hosts of one pod do.
+
+    Args:
+      queries: [Q, D] query embeddings.
+      table: [N, D] passage embeddings (a C-contiguous float32 array is used in place,
+        e.g. a numpy view of a Flat index's storage).
+      rows: [Q, C] rows of ``table`` per query; -1 for none.
+    Returns:
+      float32 [Q, C]; -inf where the row is -1 or the product is NaN.
+    """
+    q = np.ascontiguousarray(queries, np.float32)
+    t = np.ascontiguousarray(table, np.float32)
+    r = np.ascontiguousarray(rows, np.int64)
+    if q.ndim != 2 or t.ndim != 2 or r.ndim != 2 or len(r) != len(q) or q.shape[1] != t.shape[1]:
+        raise ValueError(f"pair_scores needs queries [Q, D], table [N, D], rows [Q, C]; got "
+                         f"{q.shape}, {t.shape}, {r.shape}")
+    if r.size and r.max() >= len(t):
+        raise ValueError(f"row {r.max()} is out of the table's {len(t)} rows")
+    out = np.empty(r.shape, np.float32)
+    if out.size:
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q),
+                                         faiss.swig_ptr(t), faiss.swig_ptr(r),
+                                         q.shape[1], r.shape[0], r.shape[1])
+    out[np.isnan(out)] = -np.inf  # a diverged model's NaN ranks last, not nowhere
+    return out
+
+
 def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
                  block_size: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k, streaming over blocks of ``block_size`` passages.
 
-    Each block's top-k (np.argpartition-style, O(Q * block)) is merged with the running
-    top-k; ties are broken by the lower passage row, so results do not depend on
-    ``block_size``. NaN scores (non-finite embeddings) rank below every number.
-
-    Scores are inner products accumulated in float64 and rounded to float32. A float32
-    BLAS product sums in an order that depends on the matrices' shapes (OpenBLAS's
-    kernels on some CPUs), so the same (query, passage) pair would score differently in
-    a block of another size, a shard or another process; float64 products of float32
-    inputs are exact and the rounded sums agree (barring a sum within ~1e-16 relative of
-    a float32 rounding boundary), so the search over shards, merged, equals this one.
+    Each block is scored with one matrix product (float64 sums of the float32 inputs,
+    rounded to float32: equal scores stay equal in blocks of any shape); its top
+    ``k + candidate_margin(k)`` (np.argpartition-style, O(Q * block)) are rescored by
+    ``pair_scores`` and merged with the running top-k, ties broken by the lower passage
+    row. So the scores are ``pair_scores``' (the same as a Flat index's, over a shard, a
+    block or the whole table, in any process), and results do not depend on
+    ``block_size``, barring more than ``candidate_margin(k)`` passages within a few float32
+    ulps of the k-th score. Non-finite embeddings score -inf (rank last).
 
     Args:
       queries: [Q, D] query embeddings.
@@ -67,7 +109,7 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
     Returns:
       (rows, scores): int64 [Q, k] passage rows and float32 [Q, k] scores, best first.
     """
-    queries = np.asarray(queries, np.float32)
+    queries = np.ascontiguousarray(queries, np.float32)
     if queries.ndim != 2 or np.ndim(passages) != 2:
         raise ValueError(f"queries and passages must be 2-D, got shapes "
                          f"{queries.shape} and {np.shape(passages)}")
@@ -84,30 +126,16 @@ def exact_search(queries: np.ndarray, passages: np.ndarray, k: int,
         return np.zeros((num_q, k), np.int64), np.zeros((num_q, k), np.float32)
     queries64 = queries.astype(np.float64)
     for start in range(0, num_p, block_size):
-        block = np.asarray(passages[start:start + block_size], np.float32)
+        block = np.ascontiguousarray(passages[start:start + block_size], np.float32)
         scores = (queries64 @ block.T.astype(np.float64)).astype(np.float32)  # [Q, B]
-        scores[np.isnan(scores)] = -np.inf  # a diverged model's NaN ranks last, not nowhere
-        cols = _block_topk(scores, min(k, scores.shape[1]))
+        scores[np.isnan(scores)] = -np.inf
+        cols = _block_topk(scores, min(k + candidate_margin(k), scores.shape[1]))
         rows = np.concatenate([best_rows, cols.astype(np.int64) + start], axis=1)
-        vals = np.concatenate([best_scores, np.take_along_axis(scores, cols, axis=1)], axis=1)
+        vals = np.concatenate([best_scores, pair_scores(queries, block, cols)], axis=1)
         order = np.lexsort((rows, -vals), axis=-1)[:, :k]  # score desc, then row asc
         best_rows = np.take_along_axis(rows, order, axis=1)
         best_scores = np.take_along_axis(vals, order, axis=1)
-    return best_rows, best_scores.astype(np.float32, copy=False)
-
-
-def pair_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Inner products of each query with its own candidates, as ``exact_search`` scores.
-
-    Args:
-      queries: [Q, D] query embeddings.
-      candidates: [Q, C, D] each query's candidate passage embeddings.
-    Returns:
-      float32 [Q, C]: accumulated in float64 and rounded, so a pair scores the same here,
-      in ``exact_search`` over any block of passages, and in any process.
-    """
-    q = np.asarray(queries, np.float64)[:, :, None]  # [Q, D, 1]
-    return np.matmul(np.asarray(candidates, np.float64), q)[..., 0].astype(np.float32)
+    return best_rows, best_scores
 
 
 def search_rows(query_emb: np.ndarray, passages: Searcher, depth: int,
