@@ -195,7 +195,7 @@ class DenseIndex:
         return _sort_results(rows, scores, k)
 
     def _rescore(self, q: np.ndarray, rows: np.ndarray, scores: np.ndarray,
-                  chunk: int = 4096) -> None:
+                 chunk: int = 4096) -> None:
         """Replaces a Flat index's scores by ``mine.pair_scores`` of its stored vectors
         (read in place; DPR's ip_to_l2 vectors without their extra coordinate)."""
         flat = faiss.downcast_index(self.index)
